@@ -1,0 +1,3 @@
+from vmpower.cli import main
+
+raise SystemExit(main())
