@@ -20,6 +20,7 @@ STAGE_MODULES = (
     "vmpower.isolate",
     "vmpower.train",
     "vmpower.export",
+    "vmpower.report",
     "vmpower.synth",
     "vmpower.collect",
 )
@@ -28,6 +29,9 @@ STAGE_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmpower", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--provenance", metavar="FILE", help="after success, record where the step ran (image digest, packages) here"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in STAGE_MODULES:
         try:
@@ -52,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if code == 0 and args.provenance:
+            from vmpower import provenance
+            from vmpower.io import write_json
+
+            write_json({"command": args.command, "environment": provenance.environment()}, args.provenance)
+        return code
     except InputError as err:
         print(f"vmpower {args.command}: error: {err}", file=sys.stderr)
         return 2

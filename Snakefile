@@ -1,0 +1,21 @@
+# vmpower: raw VM features + host power -> merged -> AbsPower/DynPower -> models -> ONNX + Kepler archives.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/merge.smk"
+include: "rules/isolate.smk"
+include: "rules/train.smk"
+include: "rules/export.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

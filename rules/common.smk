@@ -1,0 +1,144 @@
+# Config validation, run discovery, input functions and wildcard constraints.
+import glob
+import json
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+validate(config, "../schemas/config.schema.yaml")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from vmpower import runtime  # noqa: E402
+
+RAW = config["raw_dir"]
+RES = config["results_dir"]
+TRAIN = config["train"]
+OUTPUT_TYPES = TRAIN["output_types"]
+FEATURE_GROUPS = TRAIN["feature_groups"]
+TRAINERS = TRAIN["trainers"]
+
+for _group in FEATURE_GROUPS:
+    if _group not in config["features"]["groups"]:
+        raise WorkflowError(f"config.yaml: train.feature_groups names {_group!r}, not defined in features.groups")
+
+# The command that runs one vmpower step: locally, or inside the pinned image.
+VMPOWER = runtime.command(config, "pipeline")
+PIPELINE_IMAGE = runtime.container_ref(config, "pipeline")
+
+
+def discover_runs(raw_dir):
+    """{node_type: {run_id: {"vm": file, "bm": file}}} from <raw_dir>/<node_type>/<run_id>/."""
+    runs = {}
+    for run_dir in sorted(Path(raw_dir).glob("*/*/")):
+        if not run_dir.is_dir() or run_dir.name.startswith("."):
+            continue
+        vm = sorted(glob.glob(f"{run_dir}/vm_features_*.json") + glob.glob(f"{run_dir}/vm_features_*.jsonl"))
+        bm = sorted(glob.glob(f"{run_dir}/bm_power_*.csv") + glob.glob(f"{run_dir}/bm_power_*.json"))
+        if not vm and not bm:
+            continue
+        if len(vm) != 1 or len(bm) != 1:
+            raise WorkflowError(
+                f"{run_dir}: a run needs exactly one vm_features_*.json and one bm_power_*.csv|json "
+                f"(found {len(vm)} and {len(bm)})"
+            )
+        runs.setdefault(run_dir.parent.name, {})[run_dir.name] = {"vm": vm[0], "bm": bm[0]}
+    return runs
+
+
+RUNS = discover_runs(RAW)
+NODE_TYPES = sorted(RUNS)
+if not NODE_TYPES:
+    sys.stderr.write(f"vmpower: no runs under {RAW}/<node_type>/<run_id>/ (try `make demo-data`)\n")
+
+
+wildcard_constraints:
+    node_type="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    run_id="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    output_type="|".join(OUTPUT_TYPES),
+    feature_group="|".join(FEATURE_GROUPS),
+    trainer="|".join(TRAINERS),
+
+
+# Source files of each stage: editing them reruns that stage.
+_SRC = "src/vmpower"
+_COMMON_SRC = [f"{_SRC}/{m}.py" for m in ("__init__", "__main__", "cli", "errors", "io", "provenance", "runtime")]
+
+
+def stage_sources(*modules):
+    return _COMMON_SRC + [f"{_SRC}/{m}.py" for m in modules]
+
+
+def settings_json(*sections, **extra):
+    """The config sections a step reads, as JSON for --settings (a change reruns the step)."""
+    data = {}
+    for section in sections:
+        value = config[section]
+        data.update(value if isinstance(value, dict) else {section: value})
+    data.update(extra)
+    return json.dumps(data, sort_keys=True)
+
+
+# ---------------------------------------------------------------- input functions
+
+
+def run_vm_file(wildcards):
+    return RUNS[wildcards.node_type][wildcards.run_id]["vm"]
+
+
+def run_bm_file(wildcards):
+    return RUNS[wildcards.node_type][wildcards.run_id]["bm"]
+
+
+def merged_runs(wildcards):
+    return [f"{RES}/merged/{wildcards.node_type}/{r}.parquet" for r in sorted(RUNS[wildcards.node_type])]
+
+
+def merged_quality(wildcards):
+    return [f"{RES}/merged/{wildcards.node_type}/{r}.quality.json" for r in sorted(RUNS[wildcards.node_type])]
+
+
+def machine_specs(wildcards):
+    return sorted(glob.glob(f"{RAW}/{wildcards.node_type}/*/machine_spec.json"))
+
+
+def train_settings(wildcards):
+    return json.dumps(
+        {**TRAIN, "patterns": config["features"]["groups"][wildcards.feature_group]}, sort_keys=True
+    )
+
+
+def model_name(trainer, node_type):
+    return f"{trainer}Trainer_{node_type}"
+
+
+def exported_metadata(node_types=None):
+    return [
+        f"{RES}/models/{ot}/{fg}/{model_name(tr, nt)}"
+        for nt in (node_types or NODE_TYPES)
+        for ot in OUTPUT_TYPES
+        for fg in FEATURE_GROUPS
+        for tr in TRAINERS
+    ]
+
+
+def exported_archives():
+    return [
+        f"{RES}/models/{ot}/{fg}/{model_name(tr, nt)}.zip"
+        for nt in NODE_TYPES
+        for ot in OUTPUT_TYPES
+        for fg in FEATURE_GROUPS
+        for tr in TRAINERS
+    ]
+
+
+def all_outputs():
+    if not NODE_TYPES:
+        return []
+    return exported_archives() + [f"{RES}/summary.csv", f"{RES}/best.json", f"{RES}/report.md"]
+
+
+localrules:
+    export_select,
+    report_markdown,

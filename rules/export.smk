@@ -1,0 +1,52 @@
+# Stage 4: ONNX per zone + Kepler archive per model; then the best models and the summary.
+
+
+rule export_model:
+    input:
+        model=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/model.joblib",
+        metrics=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/metrics.json",
+        holdout=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/holdout.parquet",
+        spec=machine_specs,
+        lock="envs/pipeline.lock",
+        code=stage_sources("export", "train"),
+    output:
+        model_dir=directory(f"{RES}/models/{{output_type}}/{{feature_group}}/{{trainer}}Trainer_{{node_type}}"),
+        archive=f"{RES}/models/{{output_type}}/{{feature_group}}/{{trainer}}Trainer_{{node_type}}.zip",
+        prov=f"{RES}/provenance/export/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}.json",
+    params:
+        settings=settings_json("export"),
+    log:
+        "logs/export/{node_type}/{output_type}/{feature_group}/{trainer}.log",
+    benchmark:
+        "benchmarks/export/{node_type}/{output_type}/{feature_group}/{trainer}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    container: PIPELINE_IMAGE
+    shell:
+        "{VMPOWER} --provenance {output.prov} export --model {input.model} --metrics {input.metrics}"
+        " --holdout {input.holdout} --machine-spec {input.spec} --lock {input.lock}"
+        " --node-type {wildcards.node_type} --output-type {wildcards.output_type}"
+        " --feature-group {wildcards.feature_group} --trainer {wildcards.trainer}"
+        " --out-dir {output.model_dir} --archive {output.archive} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule export_select:
+    input:
+        models=exported_metadata(),
+        code=stage_sources("export"),
+    output:
+        summary=f"{RES}/summary.csv",
+        best=f"{RES}/best.json",
+        prov=f"{RES}/provenance/select.json",
+    log:
+        "logs/export/select.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    container: PIPELINE_IMAGE
+    shell:
+        "{VMPOWER} --provenance {output.prov} select --models {input.models} --models-dir {RES}/models"
+        " --summary {output.summary} --best {output.best} > {log} 2>&1"

@@ -1,0 +1,25 @@
+# Stage 2: AbsPower (merged power) and DynPower (idle power removed) per node_type.
+
+
+rule isolate_power:
+    input:
+        data=f"{RES}/datasets/{{node_type}}.parquet",
+        code=stage_sources("isolate"),
+    output:
+        abs=f"{RES}/isolated/{{node_type}}/AbsPower.parquet",
+        dyn=f"{RES}/isolated/{{node_type}}/DynPower.parquet",
+        info=f"{RES}/isolated/{{node_type}}/isolation.json",
+        prov=f"{RES}/provenance/isolate/{{node_type}}.json",
+    params:
+        settings=settings_json("isolate"),
+    log:
+        "logs/isolate/{node_type}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    container: PIPELINE_IMAGE
+    shell:
+        "{VMPOWER} --provenance {output.prov} isolate --dataset {input.data} --node-type {wildcards.node_type}"
+        " --abs-output {output.abs} --dyn-output {output.dyn} --info {output.info}"
+        " --settings {params.settings:q} > {log} 2>&1"

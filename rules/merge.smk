@@ -1,0 +1,49 @@
+# Stage 1: align each run's VM features with host power, then one dataset per node_type.
+
+
+rule merge_run:
+    input:
+        vm=run_vm_file,
+        bm=run_bm_file,
+        code=stage_sources("ingest", "merge"),
+    output:
+        data=f"{RES}/merged/{{node_type}}/{{run_id}}.parquet",
+        quality=f"{RES}/merged/{{node_type}}/{{run_id}}.quality.json",
+        prov=f"{RES}/provenance/merge/{{node_type}}/{{run_id}}.json",
+    params:
+        settings=settings_json("merge", "ingest", zones=config["zones"], required_zones=config["required_zones"]),
+    log:
+        "logs/merge/{node_type}/{run_id}.log",
+    benchmark:
+        "benchmarks/merge/{node_type}/{run_id}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    container: PIPELINE_IMAGE
+    shell:
+        "{VMPOWER} --provenance {output.prov} merge --vm-features {input.vm:q} --bm-power {input.bm:q}"
+        " --output {output.data} --quality {output.quality} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule merge_dataset:
+    input:
+        runs=merged_runs,
+        quality=merged_quality,
+        code=stage_sources("merge"),
+    output:
+        data=f"{RES}/datasets/{{node_type}}.parquet",
+        summary=f"{RES}/datasets/{{node_type}}.summary.json",
+        prov=f"{RES}/provenance/dataset/{{node_type}}.json",
+    params:
+        settings=settings_json(zones=config["zones"]),
+    log:
+        "logs/dataset/{node_type}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    container: PIPELINE_IMAGE
+    shell:
+        "{VMPOWER} --provenance {output.prov} merge-dataset --inputs {input.runs} --quality-inputs {input.quality}"
+        " --output {output.data} --summary {output.summary} --settings {params.settings:q} > {log} 2>&1"

@@ -1,0 +1,28 @@
+# Stage 3: one job per node_type x output type x feature group x trainer; it trains all zones.
+
+
+rule train_model:
+    input:
+        data=f"{RES}/isolated/{{node_type}}/{{output_type}}.parquet",
+        code=stage_sources("train"),
+    output:
+        model=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/model.joblib",
+        metrics=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/metrics.json",
+        holdout=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/holdout.parquet",
+        prov=f"{RES}/provenance/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}.json",
+    params:
+        settings=train_settings,
+    log:
+        "logs/train/{node_type}/{output_type}/{feature_group}/{trainer}.log",
+    benchmark:
+        "benchmarks/train/{node_type}/{output_type}/{feature_group}/{trainer}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    container: PIPELINE_IMAGE
+    shell:
+        "{VMPOWER} --provenance {output.prov} train --dataset {input.data} --node-type {wildcards.node_type}"
+        " --output-type {wildcards.output_type} --feature-group {wildcards.feature_group}"
+        " --trainer {wildcards.trainer} --model {output.model} --metrics {output.metrics}"
+        " --holdout {output.holdout} --settings {params.settings:q} > {log} 2>&1"

@@ -1,0 +1,306 @@
+"""Export trained models: one ONNX file per zone (scaler + model), checked against the native
+model with onnxruntime, packed into a Kepler-compatible archive; then pick the best models.
+
+ONNX inputs are float64, like the native pipelines. Tree models compare float32 features
+(scikit-learn and XGBoost cast internally), so their graphs scale in float64 and cast to
+float32 before the trees, exactly as the native code does: predictions then agree to float32
+rounding instead of flipping branches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vmpower import provenance
+from vmpower.errors import InputError
+from vmpower.io import atomic_path, dumps_json, sha256_file, write_json
+
+MANIFEST = "manifest.sha256"
+
+
+def model_name(trainer: str, node_type: str) -> str:
+    return f"{trainer}Trainer_{node_type}"
+
+
+def _register_xgboost() -> None:
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import calculate_linear_regressor_output_shapes
+    from xgboost import XGBRegressor
+
+    update_registered_converter(
+        XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
+    )
+
+
+def to_onnx(pipeline, n_features: int, trainer: str, graph_name: str, opset: int):
+    """Convert a fitted scaler+model pipeline to an ONNX ModelProto with a float64 input."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import DoubleTensorType
+    from sklearn.pipeline import Pipeline
+
+    from vmpower.train import TREE_TRAINERS
+
+    steps = pipeline.steps
+    if trainer in TREE_TRAINERS:
+        from skl2onnx.sklapi import CastTransformer
+
+        cast = CastTransformer(dtype=np.float32).fit(np.zeros((1, n_features)))
+        steps = [steps[0], ("cast", cast), steps[1]]
+    if trainer == "XGBRegressor":
+        _register_xgboost()
+    onx = convert_sklearn(
+        Pipeline(steps),
+        initial_types=[("features", DoubleTensorType([None, n_features]))],
+        target_opset={"": opset, "ai.onnx.ml": 3},
+    )
+    onx.graph.name = graph_name  # skl2onnx puts a random UUID here
+    return onx
+
+
+def onnx_predict(model_bytes: bytes, X: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: X})[0]
+    return np.asarray(out, dtype="float64").ravel()
+
+
+def kepler_weights(pipeline, features: list[str]) -> dict:
+    """Kepler's All_Weights for a linear model. The standard scaler's mean is folded into the
+    bias so that power = bias + sum(weight * x / scale) holds with mean 0."""
+    scaler, model = pipeline.named_steps["scaler"], pipeline.named_steps["model"]
+    coef = np.ravel(model.coef_)
+    bias = float(np.ravel(model.intercept_)[0] - np.sum(coef * scaler.mean_ / scaler.scale_))
+    return {
+        "All_Weights": {
+            "Bias_Weight": bias,
+            "Categorical_Variables": {},
+            "Numerical_Variables": {
+                f: {"scale": float(s), "mean": 0.0, "variance": float(s * s), "weight": float(w)}
+                for f, s, w in zip(features, scaler.scale_, coef)
+            },
+        }
+    }
+
+
+def write_zip(src_dir: Path, zip_path: Path, date_time: tuple) -> None:
+    """Deterministic zip: sorted entries, fixed dates and permissions."""
+    with atomic_path(zip_path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+            for f in sorted(p for p in src_dir.rglob("*") if p.is_file()):
+                info = zipfile.ZipInfo(f.relative_to(src_dir).as_posix(), date_time=tuple(date_time))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                info.create_system = 3
+                zf.writestr(info, f.read_bytes())
+
+
+def write_manifest(model_dir: Path) -> None:
+    lines = [
+        f"{sha256_file(p)}  {p.relative_to(model_dir).as_posix()}"
+        for p in sorted(model_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    ]
+    (model_dir / MANIFEST).write_text("\n".join(lines) + "\n")
+
+
+def build_archive(args, settings: dict) -> dict:
+    import joblib
+
+    bundle = joblib.load(args.model)
+    report = json.loads(Path(args.metrics).read_text())
+    holdout = pd.read_parquet(args.holdout)
+    features, zones = bundle["features"], bundle["zones"]
+    name = model_name(args.trainer, args.node_type)
+    machine_spec = {}
+    if args.machine_spec:
+        machine_spec = json.loads(Path(sorted(args.machine_spec)[0]).read_text())
+
+    from vmpower.train import TRAINERS
+
+    metadata = {
+        "model_name": name,
+        "trainer": f"{args.trainer}Trainer",
+        "model_class": "onnx",
+        "node_type": args.node_type,
+        "output_type": args.output_type,
+        "feature_group": args.feature_group,
+        "features": features,
+        "fe_files": [],
+        "zones": zones,
+        "machine_spec": machine_spec,
+        "status": report["status"],
+        "input": {"name": "features", "type": "float64", "shape": [None, len(features)]},
+    }
+    files: dict[str, bytes] = {}
+    if report["status"] == "trained":
+        X = holdout[features].to_numpy("float64")
+        onnx_info = {}
+        for zone in zones:
+            pipe = bundle["models"][zone]
+            onx = to_onnx(pipe, len(features), args.trainer, f"{name}_{zone}", int(settings["onnx_opset"]))
+            data = onx.SerializeToString()
+            diff = float(np.max(np.abs(onnx_predict(data, X) - pipe.predict(X)))) if len(X) else 0.0
+            if not diff <= float(settings["max_abs_diff_watts"]):
+                raise InputError(
+                    args.model,
+                    f"ONNX {zone} model differs from the native model by {diff:.3g} W on held-out rows "
+                    f"(limit {settings['max_abs_diff_watts']} W)",
+                )
+            files[f"{zone}.onnx"] = data
+            onnx_info[zone] = {"file": f"{zone}.onnx", "max_abs_diff_watts": diff, "checked_rows": int(len(X))}
+        metrics = report["metrics"]
+        metadata.update(
+            {
+                "mae": report["mae_mean"],
+                "mape": float(np.mean([m["mape"] for m in metrics.values() if m["mape"] is not None] or [np.nan])),
+                **{f"{z}_mae": m["mae"] for z, m in metrics.items()},
+                **{f"{z}_mape": m["mape"] for z, m in metrics.items()},
+                "metrics": metrics,
+                "evaluation": report["evaluation"],
+                "params": report["params"],
+                "onnx": onnx_info,
+            }
+        )
+        if TRAINERS[args.trainer][2]:
+            weights = {z: kepler_weights(bundle["models"][z], features) for z in zones}
+            files["weight.json"] = dumps_json(weights).encode()
+    else:
+        metadata["reason"] = report.get("reason")
+    metadata["feature_report"] = report["feature_report"]
+    metadata["provenance"] = {
+        "inputs": provenance.input_checksums([args.model, args.metrics, args.holdout, *(args.machine_spec or [])]),
+        "environment_lock": provenance.input_checksums([args.lock])[Path(args.lock).as_posix()] if args.lock else None,
+        "packages": provenance.package_versions(),
+        "settings": settings,
+    }
+    files["metadata.json"] = dumps_json(metadata).encode()
+
+    out_dir = Path(args.out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for fname, data in files.items():
+            (tmp_dir / fname).write_bytes(data)
+        write_manifest(tmp_dir)
+        for p in tmp_dir.iterdir():
+            os.chmod(p, 0o644)
+        os.chmod(tmp_dir, 0o755)
+        write_zip(tmp_dir, Path(args.archive), tuple(settings["zip_date"]))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return metadata
+
+
+def cmd_export(args) -> int:
+    settings = json.loads(args.settings)
+    meta = build_archive(args, settings)
+    if meta["status"] == "trained":
+        worst = max(v["max_abs_diff_watts"] for v in meta["onnx"].values())
+        print(f"exported {meta['model_name']} ({len(meta['zones'])} zones, max |onnx - native| {worst:.2g} W)")
+    else:
+        print(f"exported {meta['model_name']} as skipped: {meta.get('reason')}")
+    return 0
+
+
+# ---------------------------------------------------------------- best models and summary
+
+
+def summary_rows(model_dirs: list[str]) -> pd.DataFrame:
+    rows = []
+    for d in model_dirs:
+        meta = json.loads((Path(d) / "metadata.json").read_text())
+        base = {k: meta[k] for k in ("node_type", "output_type", "feature_group")}
+        base["trainer"] = meta["trainer"].removesuffix("Trainer")
+        if meta["status"] != "trained":
+            rows.append({**base, "zone": None, "status": meta["status"]})
+            continue
+        for zone, m in meta["metrics"].items():
+            rows.append(
+                {
+                    **base,
+                    "zone": zone,
+                    "status": "trained",
+                    "mae": m["mae"],
+                    "mape": m["mape"],
+                    "rmse": m["rmse"],
+                    "r2": m["r2"],
+                    "heldout_rows": m["rows"],
+                    "n_features": len(meta["features"]),
+                    "onnx_max_abs_diff": meta["onnx"][zone]["max_abs_diff_watts"],
+                }
+            )
+    df = pd.DataFrame(rows)
+    return df.sort_values(["node_type", "output_type", "feature_group", "trainer", "zone"], na_position="first").reset_index(drop=True)
+
+
+def best_models(df: pd.DataFrame) -> pd.DataFrame:
+    """Best trainer per node_type x output type x feature group: lowest mean held-out MAE over zones."""
+    trained = df[df["status"] == "trained"]
+    keys = ["node_type", "output_type", "feature_group"]
+    means = trained.groupby(keys + ["trainer"], as_index=False)["mae"].mean()
+    means = means.sort_values(keys + ["mae", "trainer"])
+    return means.groupby(keys, as_index=False).first().rename(columns={"mae": "mae_mean"})
+
+
+def cmd_select(args) -> int:
+    df = summary_rows(args.models)
+    best = best_models(df)
+    key = ["node_type", "output_type", "feature_group", "trainer"]
+    df = df.merge(best[key].assign(best=True), on=key, how="left")
+    df["best"] = df["best"].fillna(False).astype(bool)
+    with atomic_path(args.summary) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    out = {}
+    for row in best.itertuples(index=False):
+        name = model_name(row.trainer, row.node_type)
+        out.setdefault(row.node_type, {}).setdefault(row.output_type, {})[row.feature_group] = {
+            "trainer": row.trainer,
+            "model_name": name,
+            "mae_mean": row.mae_mean,
+            "archive": f"{args.models_dir}/{row.output_type}/{row.feature_group}/{name}.zip",
+        }
+    write_json(out, args.best)
+    print(f"{len(best)} best models over {df['node_type'].nunique()} node types -> {args.best}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained model to ONNX + a Kepler-compatible archive")
+    p.add_argument("--model", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--holdout", required=True)
+    p.add_argument("--node-type", required=True)
+    p.add_argument("--output-type", required=True)
+    p.add_argument("--feature-group", required=True)
+    p.add_argument("--trainer", required=True)
+    p.add_argument("--machine-spec", nargs="*", default=[])
+    p.add_argument("--lock", help="environment lock file whose sha256 goes into the provenance")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--archive", required=True)
+    p.add_argument("--settings", required=True)
+    p.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("select", help="pick the best model per node_type/output type/feature group; write the summary")
+    s.add_argument("--models", nargs="+", required=True, help="exported model directories")
+    s.add_argument("--summary", required=True, help="summary.csv of all metrics")
+    s.add_argument("--best", required=True, help="best.json")
+    s.add_argument("--models-dir", default="results/models")
+    s.set_defaults(func=cmd_select)

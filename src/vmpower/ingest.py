@@ -1,0 +1,207 @@
+"""Read the collectors' raw files into columnar DataFrames, with one-line errors for bad input.
+
+* VM feature files: a JSON array or JSON Lines (a killed collector leaves JSON Lines whose last
+  line may be cut off; that partial line is not a sample and is skipped).
+* Host power files: CSV or a JSON array.
+
+Parsing is done by pyarrow's C++ readers: no Python object is built per row.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+
+from vmpower.errors import InputError
+
+ZONE_PREFIX = "total_cpu_watts_"
+HOST_DROP = ("vms", "vm_filter")  # nested / text columns the pipeline does not use
+
+
+@dataclass
+class RawTable:
+    """A parsed raw file plus what reading it noticed."""
+
+    path: Path
+    df: pd.DataFrame
+    notes: dict = field(default_factory=dict)
+
+
+def _read_json_bytes(path: Path, data: bytes) -> tuple[pa.Table, dict]:
+    notes: dict = {}
+    stripped = data.strip()
+    if not stripped:
+        raise InputError(path, "empty file")
+    if stripped[:1] == b"[":
+        if stripped[-1:] != b"]":
+            raise InputError(path, "truncated JSON array (no closing ']')")
+        # Wrap the array in one object so pyarrow parses it in a single columnar pass.
+        wrapped = b'{"rows":' + stripped + b"}"
+        try:
+            table = pajson.read_json(
+                io.BytesIO(wrapped),
+                read_options=pajson.ReadOptions(block_size=len(wrapped) + 1, use_threads=False),
+                parse_options=pajson.ParseOptions(newlines_in_values=True),
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InputError(path, f"malformed JSON array ({_short(exc)})") from None
+        rows = table.column("rows").combine_chunks()
+        if len(rows) == 0 or rows.type.value_type.num_fields == 0:
+            raise InputError(path, "JSON array holds no samples")
+        return pa.Table.from_struct_array(rows.flatten()), notes
+    if stripped[:1] != b"{":
+        raise InputError(path, "not JSON: expected an array '[...]' or JSON Lines '{...}'")
+    # JSON Lines. A collector killed mid-write leaves a partial last line: drop only that one.
+    body = data.rstrip(b"\n")
+    last_nl = body.rfind(b"\n")
+    last = body[last_nl + 1 :]
+    if not _is_complete_object(last):
+        notes["vm_incomplete_last_line"] = 1
+        body = body[: max(last_nl, 0)]
+        if not body.strip():
+            raise InputError(path, "truncated JSON Lines: no complete sample")
+    body = body + b"\n"
+    try:
+        table = pajson.read_json(
+            io.BytesIO(body),
+            read_options=pajson.ReadOptions(block_size=len(body) + 1, use_threads=False),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(path, f"malformed JSON Lines ({_short(exc)})") from None
+    return table, notes
+
+
+def _is_complete_object(line: bytes) -> bool:
+    import json
+
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _short(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:160]
+
+
+def _to_frame(table: pa.Table, drop: tuple[str, ...] = ()) -> pd.DataFrame:
+    keep = [name for name in table.column_names if name not in drop]
+    table = table.select(keep)
+    # Nested values (lists, structs) are bookkeeping, not features.
+    nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
+    table = table.drop_columns(nested)
+    df = table.to_pandas()
+    for name in df.columns:
+        if df[name].dtype == bool or pd.api.types.is_numeric_dtype(df[name].dtype):
+            df[name] = df[name].astype("float64")
+    return df
+
+
+def read_vm_features(path: str | Path) -> RawTable:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    table, notes = _read_json_bytes(path, path.read_bytes())
+    df = _to_frame(table)
+    # All-null columns come back as object dtype; they are numeric features that were absent.
+    for name in df.columns:
+        if df[name].dtype == object and df[name].isna().all():
+            df[name] = np.nan
+    return RawTable(path, df, notes)
+
+
+def read_host_power(path: str | Path) -> RawTable:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.suffix == ".json":
+        table, notes = _read_json_bytes(path, path.read_bytes())
+        return RawTable(path, _to_frame(table, drop=HOST_DROP), notes)
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file")
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=True, block_size=1 << 24),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"timestamp_iso": pa.string(), "vm_filter": pa.string()},
+                strings_can_be_null=True,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(path, f"malformed CSV ({_short(exc)})") from None
+    if table.num_rows == 0:
+        raise InputError(path, "CSV has a header but no rows")
+    return RawTable(path, _to_frame(table, drop=HOST_DROP), {})
+
+
+def zones_in(df: pd.DataFrame) -> list[str]:
+    return [c[len(ZONE_PREFIX) :] for c in df.columns if c.startswith(ZONE_PREFIX)]
+
+
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}")
+
+
+def naive_seconds(iso: pd.Series, path: Path) -> np.ndarray:
+    """Naive ISO wall-clock strings to float seconds on the same naive scale (not epoch)."""
+    values = iso.astype("string")
+    bad = ~values.str.match(_ISO).fillna(False)
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(path, f"timestamp_iso is not an ISO date-time at row {first}: {values.iloc[first]!r}")
+    stamps = pd.to_datetime(values, format="ISO8601")
+    if getattr(stamps.dt, "tz", None) is not None:
+        # An offset-aware ISO string is an absolute time; compare it on the UTC scale.
+        stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+    return (stamps.astype("datetime64[ns]").to_numpy().astype("int64") / 1e9).astype("float64")
+
+
+def time_columns(raw: RawTable) -> dict[str, np.ndarray]:
+    """The absolute-time columns a file offers: 'epoch' and/or 'naive' (local wall clock)."""
+    df, out = raw.df, {}
+    if "timestamp_absolute" in df.columns and df["timestamp_absolute"].notna().any():
+        col = df["timestamp_absolute"].to_numpy(dtype="float64")
+        if np.isnan(col).any():
+            raise InputError(raw.path, f"timestamp_absolute is missing in {int(np.isnan(col).sum())} rows")
+        out["epoch"] = col
+    if "timestamp_iso" in df.columns and df["timestamp_iso"].notna().any():
+        iso = df["timestamp_iso"]
+        if iso.isna().any():
+            raise InputError(raw.path, f"timestamp_iso is missing in {int(iso.isna().sum())} rows")
+        out["naive"] = naive_seconds(iso, raw.path)
+    if not out:
+        raise InputError(
+            raw.path,
+            "no absolute time: needs timestamp_absolute or timestamp_iso (the relative 'timestamp' cannot be aligned)",
+        )
+    return out
+
+
+def check_monotonic(t: np.ndarray, path: Path, what: str) -> None:
+    steps = np.diff(t)
+    if (steps <= 0).any():
+        i = int(np.flatnonzero(steps <= 0)[0]) + 1
+        raise InputError(
+            path,
+            f"{what} times go backwards or repeat at row {i} ({t[i - 1]:.3f} -> {t[i]:.3f}); clock step during collection?",
+        )
+
+
+def check_finite(df: pd.DataFrame, columns: list[str], path: Path) -> None:
+    """Error on NaN/inf in columns that must be complete (power, times)."""
+    for name in columns:
+        col = df[name].to_numpy(dtype="float64")
+        bad = ~np.isfinite(col)
+        if bad.any():
+            raise InputError(
+                path,
+                f"column {name} has {int(bad.sum())} NaN/empty/infinite values (first at row {int(np.flatnonzero(bad)[0])})",
+            )

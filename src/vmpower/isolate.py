@@ -1,0 +1,91 @@
+"""Isolators: AbsPower keeps the merged power; DynPower removes the node_type's idle power.
+
+* ``profile`` – idle power per zone is the mean power of the node_type's idle runs (runs
+  whose samples all carry an idle workload, or listed in ``isolate.idle_runs``);
+* ``min``     – idle power per zone is the minimum observed (used when there is no idle run).
+
+Dynamic power is clipped at 0 (an estimate below idle is noise, not negative power).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pandas as pd
+
+from vmpower.errors import InputError
+from vmpower.io import write_json, write_parquet
+
+
+def power_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith("power_")]
+
+
+def idle_runs(df: pd.DataFrame, idle_workloads: list[str], listed: list[str]) -> list[str]:
+    is_idle = df["stress_workload"].isin(idle_workloads).groupby(df["run_id"]).all()
+    found = set(is_idle[is_idle].index) | (set(listed) & set(df["run_id"].unique()))
+    return sorted(found)
+
+
+def idle_power(df: pd.DataFrame, method: str, idle_workloads: list[str], listed: list[str]) -> tuple[dict, dict]:
+    cols = power_columns(df)
+    runs = idle_runs(df, idle_workloads, listed) if method == "profile" else []
+    if method == "profile" and runs:
+        sel = df[df["run_id"].isin(runs)]
+        idle = sel[cols].mean()
+        info = {"method": "profile", "idle_runs": runs, "idle_rows": int(len(sel))}
+    elif method in ("profile", "min"):
+        idle = df[cols].min()
+        info = {"method": "min", "idle_runs": []}
+        if method == "profile":
+            info["fallback_reason"] = "no idle run for this node_type"
+    else:
+        raise ValueError(f"unknown isolator {method!r}")
+    return {c.removeprefix("power_"): float(idle[c]) for c in cols}, info
+
+
+def dyn_power(df: pd.DataFrame, idle: dict) -> tuple[pd.DataFrame, dict]:
+    out = df.copy()
+    clipped = {}
+    for zone, watts in idle.items():
+        col = f"power_{zone}"
+        dyn = out[col] - watts
+        clipped[zone] = float((dyn < 0).mean())
+        out[col] = dyn.clip(lower=0.0)
+    return out, clipped
+
+
+def cmd_isolate(args) -> int:
+    settings = json.loads(args.settings)
+    df = pd.read_parquet(args.dataset)
+    if df.empty:
+        raise InputError(args.dataset, "dataset has no rows")
+    listed = settings.get("idle_runs", {}).get(args.node_type, [])
+    idle, info = idle_power(df, settings["method"], settings["idle_workloads"], listed)
+    dyn, clipped = dyn_power(df, idle)
+    write_parquet(df, args.abs_output)
+    write_parquet(dyn, args.dyn_output)
+    write_json(
+        {
+            "node_type": args.node_type,
+            "requested_method": settings["method"],
+            **info,
+            "idle_power_watts": idle,
+            "dyn_clipped_fraction": clipped,
+            "rows": int(len(df)),
+        },
+        args.info,
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("isolate", help="write AbsPower and DynPower (idle power removed) datasets")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--node-type", required=True)
+    p.add_argument("--abs-output", required=True)
+    p.add_argument("--dyn-output", required=True)
+    p.add_argument("--info", required=True, help="isolation metadata JSON (method, idle power per zone)")
+    p.add_argument("--settings", required=True, help="JSON of the isolate config section")
+    p.set_defaults(func=cmd_isolate)

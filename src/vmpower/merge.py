@@ -1,0 +1,404 @@
+"""Merge one run's VM features with the host's power readings, then stack runs per node_type.
+
+Alignment is on absolute time (epoch when both files carry it, else naive local wall clock on
+both sides), never on the collectors' relative ``timestamp`` fields. Two modes:
+
+* ``window``  – mean of the host samples inside each VM sample's window ``(t - dt, t]``;
+* ``nearest`` – the nearest host sample within ``time_tolerance`` (the original method).
+
+Both are vectorised with ``searchsorted`` over the sorted host times: O((n + m) log m).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vmpower import ingest
+from vmpower.errors import InputError
+from vmpower.io import write_json, write_parquet
+
+# The original merge_datasets.py defaults, used when no config file is given.
+SEED_DEFAULTS = {
+    "alignment": "nearest",
+    "time_tolerance": 0.5,
+    "min_power_threshold": 0.001,
+    "power_zone": "core",
+    "min_host_samples": 1,
+    "vm_clock_offset_seconds": 0.0,
+    "min_match_rate": 0.0,
+}
+
+
+@dataclass
+class MergeSettings:
+    alignment: str = "window"
+    time_tolerance: float = 0.5
+    min_power_threshold: float = 0.001
+    power_zone: str = "package"
+    min_host_samples: int = 1
+    vm_clock_offset_seconds: float = 0.0
+    min_match_rate: float = 0.5
+    zones: list[str] = field(default_factory=lambda: ["package", "core", "dram", "uncore"])
+    required_zones: list[str] = field(default_factory=lambda: ["package", "core"])
+    cumulative_features: list[str] = field(default_factory=list)
+    non_features: list[str] = field(default_factory=list)
+    perf_features: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "MergeSettings":
+        """From a whole config.yaml (nested sections) or the workflow's flattened --settings."""
+        known = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in cfg.items() if k in known}
+        for section in ("ingest", "merge"):
+            values.update({k: v for k, v in cfg.get(section, {}).items() if k in known})
+        return cls(**values)
+
+
+# ---------------------------------------------------------------- VM side
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def vm_feature_frame(raw: ingest.RawTable, s: MergeSettings) -> tuple[pd.DataFrame, list[str], dict]:
+    """Numeric feature columns of a VM file, with absent perf counters as NaN and cumulative
+    counters turned into per-second rates. Returns (frame, feature names, notes)."""
+    df, notes = raw.df, {}
+    numeric = [
+        c
+        for c in df.columns
+        if c not in s.non_features and pd.api.types.is_float_dtype(df[c].dtype)
+    ]
+    feats = df[numeric].copy()
+
+    # Perf unavailable: older collectors write 0 for the whole run, newer ones null. Both are
+    # "absent" (NaN), never a real zero.
+    perf_cols = [c for c in numeric if _matches(c, s.perf_features)]
+    if perf_cols:
+        block = feats[perf_cols]
+        absent_run = bool(((block == 0) | block.isna()).all().all())
+        if "perf_available" in df.columns and (df["perf_available"] == 0).all():
+            absent_run = True
+        if absent_run:
+            feats[perf_cols] = np.nan
+            notes["perf_available"] = False
+        else:
+            notes["perf_available"] = True
+            # Rows flagged perf_available=false keep NaN perf values; elsewhere NaN is an error.
+            if "perf_available" in df.columns:
+                flagged = (df["perf_available"] == 0).to_numpy()
+                feats.loc[flagged, perf_cols] = np.nan
+                notes["rows_without_perf"] = int(flagged.sum())
+
+    allowed_nan = np.zeros(len(df), dtype=bool)
+    if "perf_available" in df.columns:
+        allowed_nan = (df["perf_available"] == 0).to_numpy()
+    all_null = [c for c in numeric if feats[c].isna().all()]
+    for c in numeric:
+        if c in all_null:
+            continue
+        bad = feats[c].isna().to_numpy()
+        if c in perf_cols:
+            bad = bad & ~allowed_nan
+        if bad.any():
+            raise InputError(
+                raw.path,
+                f"feature {c} has {int(bad.sum())} NaN/null values (first at row {int(np.flatnonzero(bad)[0])})",
+            )
+    if all_null:
+        notes["absent_features"] = sorted(all_null)
+
+    # Cumulative counters since boot -> rates per second within this run.
+    t = df["timestamp_absolute"].to_numpy("float64") if "timestamp_absolute" in df else None
+    if t is None or np.isnan(t).all():
+        t = ingest.naive_seconds(df["timestamp_iso"], raw.path)
+    dt = np.diff(t, prepend=np.nan)
+    window = df["time_delta_seconds"].to_numpy("float64") if "time_delta_seconds" in df else dt
+    cumulative = [c for c in numeric if _matches(c, s.cumulative_features) and c not in all_null]
+    drop = pd.Series(pd.NA, index=df.index, dtype="string")
+    if cumulative:
+        delta = feats[cumulative].diff().to_numpy()
+        reset = (delta < 0).any(axis=1)
+        gap = dt > 1.5 * np.maximum(window, 1e-9)  # a missing sample: the rate spans the gap
+        feats[cumulative] = delta / dt[:, None]
+        feats = feats.rename(columns={c: f"{c}_rate" for c in cumulative})
+        drop[gap] = "rate_gap"
+        drop[reset] = "counter_reset"
+        drop.iloc[0] = "rate_warmup"
+    feature_names = list(feats.columns)
+    feats["_drop"] = drop
+    return feats, feature_names, notes
+
+
+# ---------------------------------------------------------------- alignment
+
+
+def align_window(t_vm, dt_vm, t_host, power):
+    """Mean host power over each VM window (t - dt, t]. Returns (mean, count)."""
+    csum = np.vstack([np.zeros((1, power.shape[1])), np.cumsum(power, axis=0)])
+    lo = np.searchsorted(t_host, t_vm - dt_vm, side="right")
+    hi = np.searchsorted(t_host, t_vm, side="right")
+    count = hi - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (csum[hi] - csum[lo]) / count[:, None]
+    return mean, count
+
+
+def nearest_index(t_vm, t_host):
+    """Index of the nearest host sample to each VM time (ties go to the earlier sample)."""
+    right = np.clip(np.searchsorted(t_host, t_vm, side="left"), 0, len(t_host) - 1)
+    left = np.clip(right - 1, 0, len(t_host) - 1)
+    pick_left = np.abs(t_vm - t_host[left]) <= np.abs(t_host[right] - t_vm)
+    return np.where(pick_left, left, right)
+
+
+def align_nearest(t_vm, t_host, power, tolerance):
+    idx = nearest_index(t_vm, t_host)
+    diff = np.abs(t_host[idx] - t_vm)
+    ok = diff <= tolerance
+    values = np.where(ok[:, None], power[idx], np.nan)
+    return values, ok.astype("int64")
+
+
+# ---------------------------------------------------------------- one run
+
+
+def _choose_base(vm_times: dict, host_times: dict, vm_path: Path, host_path: Path) -> str:
+    for base in ("epoch", "naive"):
+        if base in vm_times and base in host_times:
+            return base
+    raise InputError(
+        host_path,
+        f"cannot align with {vm_path.name}: VM has {'/'.join(vm_times)} time, host has {'/'.join(host_times)} time "
+        "(need timestamp_absolute on both, or timestamp_iso on both)",
+    )
+
+
+def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]:
+    vm_raw = ingest.read_vm_features(vm_path)
+    host_raw = ingest.read_host_power(host_path)
+    vm_path, host_path = vm_raw.path, host_raw.path
+
+    zones_present = ingest.zones_in(host_raw.df)
+    missing = [z for z in s.required_zones if z not in zones_present]
+    if s.power_zone not in s.required_zones and s.power_zone not in zones_present:
+        missing.append(s.power_zone)
+    if missing:
+        raise InputError(
+            host_path,
+            f"missing zone column(s) {', '.join(ingest.ZONE_PREFIX + z for z in missing)} "
+            f"(zones present: {', '.join(zones_present) or 'none'})",
+        )
+    zones = [z for z in s.zones if z in zones_present]
+    power_cols = [ingest.ZONE_PREFIX + z for z in zones]
+    ingest.check_finite(host_raw.df, power_cols, host_path)
+
+    vm_times = ingest.time_columns(vm_raw)
+    host_times = ingest.time_columns(host_raw)
+    base = _choose_base(vm_times, host_times, vm_path, host_path)
+    t_vm = vm_times[base] + float(s.vm_clock_offset_seconds)
+    t_host = host_times[base]
+    ingest.check_monotonic(t_vm, vm_path, "VM sample")
+    ingest.check_monotonic(t_host, host_path, "host sample")
+    if "time_delta_seconds" in vm_raw.df:
+        ingest.check_finite(vm_raw.df, ["time_delta_seconds"], vm_path)
+        dt_vm = vm_raw.df["time_delta_seconds"].to_numpy("float64")
+    else:
+        dt_vm = np.diff(t_vm, prepend=t_vm[0] - np.median(np.diff(t_vm)) if len(t_vm) > 1 else 1.0)
+
+    if t_vm[-1] < t_host[0] or t_vm[0] > t_host[-1]:
+        apart = t_host[0] - t_vm[-1] if t_vm[-1] < t_host[0] else t_vm[0] - t_host[-1]
+        raise InputError(
+            vm_path,
+            f"no time overlap with {host_path.name} on the {base} clock: they are {apart:.0f} s apart "
+            "(clock skew or different time zones? set merge.vm_clock_offset_seconds)",
+        )
+
+    feats, feature_names, vm_notes = vm_feature_frame(vm_raw, s)
+    power = host_raw.df[power_cols].to_numpy("float64")
+    if s.alignment == "window":
+        values, count = align_window(t_vm, dt_vm, t_host, power)
+        matched = count >= max(int(s.min_host_samples), 1)
+    elif s.alignment == "nearest":
+        values, count = align_nearest(t_vm, t_host, power, float(s.time_tolerance))
+        matched = count > 0
+    else:
+        raise InputError(vm_path, f"unknown alignment mode {s.alignment!r} (window or nearest)")
+    time_diff = np.abs(t_host[nearest_index(t_vm, t_host)] - t_vm)
+
+    drop = feats.pop("_drop")
+    outside = (t_vm < t_host[0]) | (t_vm - dt_vm > t_host[-1])
+    reason = drop.copy()
+    reason[reason.isna() & ~matched & outside] = "outside_host_range"
+    reason[reason.isna() & ~matched] = "no_host_power"
+    ref = values[:, zones.index(s.power_zone)]
+    reason[reason.isna() & (ref < float(s.min_power_threshold))] = "below_min_power"
+    keep = reason.isna().to_numpy()
+
+    out = pd.DataFrame(
+        {
+            "time": t_vm,
+            "t_rel": t_vm - t_vm[0],
+            "time_delta_seconds": dt_vm,
+            "stress_workload": (
+                vm_raw.df["stress_workload"].astype("string").fillna("unknown")
+                if "stress_workload" in vm_raw.df
+                else pd.Series("unknown", index=vm_raw.df.index, dtype="string")
+            ),
+        }
+    )
+    out = pd.concat([out, feats.reset_index(drop=True)], axis=1)
+    for i, z in enumerate(zones):
+        out[f"power_{z}"] = values[:, i]
+    out["n_host_samples"] = count.astype("int64")
+    out["time_diff"] = time_diff
+    out = out.loc[keep].reset_index(drop=True)
+
+    n_vm = len(t_vm)
+    n_matched = int(matched.sum())
+    quality = {
+        "vm_file": vm_path.name,
+        "host_file": host_path.name,
+        "alignment": s.alignment,
+        "time_base": base,
+        "vm_samples": n_vm,
+        "host_samples": int(len(t_host)),
+        "rows_kept": int(keep.sum()),
+        "match_rate": n_matched / n_vm if n_vm else 0.0,
+        "rows_dropped": {k: int(v) for k, v in reason.value_counts().sort_index().items()},
+        "time_diff_mean": float(time_diff[matched].mean()) if n_matched else None,
+        "time_diff_max": float(time_diff[matched].max()) if n_matched else None,
+        "vm_span_seconds": float(t_vm[-1] - t_vm[0]),
+        "host_span_seconds": float(t_host[-1] - t_host[0]),
+        "overlap_seconds": float(min(t_vm[-1], t_host[-1]) - max(t_vm[0] - dt_vm[0], t_host[0])),
+        "vm_clock_offset_seconds": float(s.vm_clock_offset_seconds),
+        "zones": zones,
+        "features": feature_names,
+        **{f"vm_{k}" if not k.startswith("vm_") else k: v for k, v in {**vm_raw.notes, **vm_notes}.items()},
+        **host_raw.notes,
+    }
+    # Local time-zone offsets (naive wall clock minus epoch) where a file carries both clocks.
+    for side, times in (("vm", vm_times), ("host", host_times)):
+        if "epoch" in times and "naive" in times:
+            quality[f"{side}_utc_offset_seconds"] = float(np.median(times["naive"] - times["epoch"]))
+    if quality["match_rate"] < float(s.min_match_rate):
+        raise InputError(
+            vm_path,
+            f"only {quality['match_rate']:.0%} of VM samples found host power in {host_path.name} "
+            f"(minimum {float(s.min_match_rate):.0%}; clocks out of sync?)",
+        )
+    if out.empty:
+        raise InputError(vm_path, f"no rows left after merging with {host_path.name}: {quality['rows_dropped']}")
+    return out, quality
+
+
+# ---------------------------------------------------------------- node_type dataset
+
+
+def stack_runs(frames: dict[str, pd.DataFrame], zones_order: list[str]) -> tuple[pd.DataFrame, dict]:
+    """One dataset per node_type: runs stacked in run_id order. Zones kept are those every run
+    has; features are the union (absent ones NaN)."""
+    run_ids = sorted(frames)
+    zone_sets = [{c[6:] for c in frames[r].columns if c.startswith("power_")} for r in run_ids]
+    common = set.intersection(*zone_sets)
+    zones = [z for z in zones_order if z in common]
+    dropped_zones = sorted(set.union(*zone_sets) - common)
+    parts = []
+    for r in run_ids:
+        df = frames[r].drop(columns=[f"power_{z}" for z in dropped_zones if f"power_{z}" in frames[r]])
+        parts.append(df.assign(run_id=r))
+    data = pd.concat(parts, ignore_index=True, sort=False)
+    front = ["run_id", "time", "t_rel", "time_delta_seconds", "stress_workload"]
+    power = [f"power_{z}" for z in zones]
+    tail = ["n_host_samples", "time_diff"]
+    middle = sorted(c for c in data.columns if c not in front + power + tail)
+    data = data[front + middle + power + tail]
+    data["run_id"] = data["run_id"].astype("string")
+    return data, {"runs": run_ids, "rows": int(len(data)), "zones": zones, "zones_dropped": dropped_zones}
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _settings(args) -> MergeSettings:
+    if args.config:
+        import yaml
+
+        with open(args.config) as fh:
+            s = MergeSettings.from_config(yaml.safe_load(fh) or {})
+    else:
+        s = MergeSettings(**SEED_DEFAULTS)
+    if args.settings:
+        s = MergeSettings.from_config(json.loads(args.settings))
+    for flag in ("time_tolerance", "min_power_threshold", "power_zone", "alignment"):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(s, flag, value)
+    return s
+
+
+def cmd_merge(args) -> int:
+    s = _settings(args)
+    data, quality = merge_run(args.vm_features, args.bm_power, s)
+    out = Path(args.output)
+    if out.suffix == ".csv":
+        # The original tool's CSV: features plus power_watts (the chosen zone) and time_diff.
+        from vmpower.io import atomic_path
+
+        csv = data.assign(power_watts=data[f"power_{s.power_zone}"])
+        with atomic_path(out) as tmp:
+            csv.to_csv(tmp, index=False, float_format="%.9g")
+    else:
+        write_parquet(data, out)
+    if args.quality:
+        write_json(quality, args.quality)
+    print(
+        f"merged {quality['rows_kept']}/{quality['vm_samples']} VM samples "
+        f"(match rate {quality['match_rate']:.1%}, mean time diff {quality['time_diff_mean'] or 0:.3f} s) -> {out}"
+    )
+    return 0
+
+
+def cmd_dataset(args) -> int:
+    frames = {Path(p).name.removesuffix(".parquet"): pd.read_parquet(p) for p in args.inputs}
+    zones = json.loads(args.settings)["zones"] if args.settings else ["package", "core", "dram", "uncore"]
+    data, summary = stack_runs(frames, zones)
+    qualities = {}
+    for q in args.quality_inputs or []:
+        with open(q) as fh:
+            qualities[Path(q).name.removesuffix(".quality.json")] = json.load(fh)
+    summary["run_quality"] = qualities
+    write_parquet(data, args.output)
+    write_json(summary, args.summary)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge", help="merge one run's VM features with host power (align on absolute time)")
+    p.add_argument("--vm-features", required=True, help="vm_features_*.json (array or JSON Lines)")
+    p.add_argument("--bm-power", required=True, help="bm_power_*.csv or bm_power_*.json")
+    p.add_argument("--output", required=True, help=".parquet (pipeline) or .csv (merge_datasets.py format)")
+    p.add_argument("--quality", help="write the run's data-quality report (JSON) here")
+    p.add_argument("--time-tolerance", type=float, help="nearest mode: max time difference in seconds")
+    p.add_argument("--min-power-threshold", type=float, help="drop rows whose power_zone power is below this (W)")
+    p.add_argument("--power-zone", help="zone for power_watts and the threshold (core, package, dram, uncore)")
+    p.add_argument("--alignment", choices=["window", "nearest"])
+    p.add_argument("--config", help="read merge/ingest settings from this config.yaml")
+    p.add_argument("--settings", help=argparse.SUPPRESS)  # JSON passed by the workflow
+    p.set_defaults(func=cmd_merge)
+
+    d = sub.add_parser("merge-dataset", help="stack a node_type's merged runs into one dataset")
+    d.add_argument("--inputs", nargs="+", required=True)
+    d.add_argument("--quality-inputs", nargs="*")
+    d.add_argument("--output", required=True)
+    d.add_argument("--summary", required=True)
+    d.add_argument("--settings", help=argparse.SUPPRESS)
+    d.set_defaults(func=cmd_dataset)

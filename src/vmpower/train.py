@@ -1,0 +1,217 @@
+"""Train one trainer on one (node_type, output type, feature group): one model per zone.
+
+Evaluation is honest: held-out rows come from whole runs (leave-one-run-out, grouped into at
+most ``max_folds`` folds) or, with a single run, from the last ``holdout_fraction`` of it. The
+scaler is part of each pipeline, so it is fitted on training rows only. The exported model is
+then refitted on all rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib
+import json
+
+import numpy as np
+import pandas as pd
+
+from vmpower.errors import InputError
+from vmpower.io import atomic_path, write_json, write_parquet
+
+# Trainer name -> (module, class, is linear, takes random_state, takes n_jobs)
+TRAINERS = {
+    "LinearRegression": ("sklearn.linear_model", "LinearRegression", True, False, False),
+    "SGDRegressor": ("sklearn.linear_model", "SGDRegressor", True, True, False),
+    "GradientBoostingRegressor": ("sklearn.ensemble", "GradientBoostingRegressor", False, True, False),
+    "XGBRegressor": ("xgboost", "XGBRegressor", False, True, True),
+    "KNeighborsRegressor": ("sklearn.neighbors", "KNeighborsRegressor", False, False, True),
+}
+TREE_TRAINERS = {"GradientBoostingRegressor", "XGBRegressor"}
+META_COLUMNS = {"run_id", "time", "t_rel", "time_delta_seconds", "stress_workload", "n_host_samples", "time_diff"}
+
+
+def make_pipeline(trainer: str, params: dict, seed: int):
+    """StandardScaler + estimator, single-threaded so results do not depend on core count."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if trainer not in TRAINERS:
+        raise ValueError(f"unknown trainer {trainer!r}; known: {', '.join(TRAINERS)}")
+    module, cls, _linear, seeded, threaded = TRAINERS[trainer]
+    kwargs = dict(params)
+    if seeded:
+        kwargs["random_state"] = seed
+    if threaded:
+        kwargs["n_jobs"] = 1
+    estimator = getattr(importlib.import_module(module), cls)(**kwargs)
+    return Pipeline([("scaler", StandardScaler()), ("model", estimator)])
+
+
+# ---------------------------------------------------------------- features
+
+
+def candidate_features(df: pd.DataFrame) -> list[str]:
+    return [
+        c
+        for c in df.columns
+        if c not in META_COLUMNS and not c.startswith("power_") and pd.api.types.is_float_dtype(df[c].dtype)
+    ]
+
+
+def select_features(df: pd.DataFrame, patterns: list[str], max_missing: float) -> tuple[list[str], pd.Series, dict]:
+    """Resolve a feature group against the data. Returns (features, usable-row mask, report).
+
+    Features missing in more than ``max_missing`` of the rows are dropped; rows missing any
+    remaining feature are left out; features constant over the usable rows carry no signal
+    (e.g. perf counters that read 0 all run) and are dropped too."""
+    cands = candidate_features(df)
+    chosen = [c for c in cands if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+    report: dict = {"requested": list(patterns), "dropped": {}}
+    missing_frac = df[chosen].isna().mean()
+    too_sparse = [c for c in chosen if missing_frac[c] > max_missing]
+    for c in too_sparse:
+        report["dropped"][c] = f"missing in {missing_frac[c]:.0%} of rows"
+    chosen = [c for c in chosen if c not in too_sparse]
+    usable = df[chosen].notna().all(axis=1) if chosen else pd.Series(True, index=df.index)
+    if chosen:
+        block = df.loc[usable, chosen]
+        constant = [c for c in chosen if block[c].nunique(dropna=True) <= 1]
+        for c in constant:
+            report["dropped"][c] = "constant in the training data"
+        chosen = [c for c in chosen if c not in constant]
+    dropped_rows = df.loc[~usable, "run_id"].value_counts().sort_index()
+    report["rows_without_features"] = {str(k): int(v) for k, v in dropped_rows.items()}
+    return chosen, usable, report
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def holdout_folds(df: pd.DataFrame, max_folds: int, holdout_fraction: float) -> tuple[np.ndarray, dict]:
+    """Fold number per row (-1 = never held out). Whole runs are held out when there are
+    at least two; a single run holds out its last ``holdout_fraction`` by time."""
+    runs = sorted(df["run_id"].unique())
+    if len(runs) >= 2:
+        k = min(len(runs), max(int(max_folds), 2))
+        fold_of_run = {r: i % k for i, r in enumerate(runs)}
+        folds = df["run_id"].map(fold_of_run).to_numpy("int64")
+        scheme = {
+            "scheme": "leave-one-run-out" if k == len(runs) else f"grouped-by-run {k}-fold",
+            "folds": [[r for r in runs if fold_of_run[r] == i] for i in range(k)],
+        }
+        return folds, scheme
+    rank = df.groupby("run_id")["time"].rank(pct=True, method="first").to_numpy()
+    folds = np.where(rank > 1.0 - holdout_fraction, 0, -1)
+    return folds, {"scheme": f"last {holdout_fraction:.0%} of each run", "folds": [runs]}
+
+
+def even_subsample(n: int, limit: int) -> np.ndarray:
+    """Evenly spaced rows (deterministic, keeps every part of every run represented)."""
+    if limit <= 0 or n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype("int64"))
+
+
+def zone_metrics(y: np.ndarray, pred: np.ndarray, mape_floor: float) -> dict:
+    err = pred - y
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    above = y > mape_floor
+    return {
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "mape": float((np.abs(err[above]) / y[above]).mean() * 100) if above.any() else None,
+        "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else None,
+        "rows": int(len(y)),
+        "mape_rows": int(above.sum()),
+    }
+
+
+def fit_zone(trainer, params, seed, X, y, folds, max_rows):
+    """Cross-validated predictions on held-out rows, then the final model on all rows."""
+    pred = np.full(len(y), np.nan)
+    for f in np.unique(folds[folds >= 0]):
+        test = folds == f
+        train_idx = np.flatnonzero(~test)
+        if len(train_idx) == 0:
+            continue
+        train_idx = train_idx[even_subsample(len(train_idx), max_rows)]
+        model = make_pipeline(trainer, params, seed).fit(X[train_idx], y[train_idx])
+        pred[test] = model.predict(X[test])
+    final_idx = even_subsample(len(y), max_rows)
+    final = make_pipeline(trainer, params, seed).fit(X[final_idx], y[final_idx])
+    return final, pred
+
+
+def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: dict, path: str) -> tuple[dict, dict, pd.DataFrame]:
+    zones = [c.removeprefix("power_") for c in df.columns if c.startswith("power_")]
+    if not zones:
+        raise InputError(path, "no power_<zone> columns")
+    features, usable, feat_report = select_features(df, patterns, float(settings.get("max_missing_feature_fraction", 0.5)))
+    data = df.loc[usable].reset_index(drop=True)
+    base = {"features": features, "feature_report": feat_report, "zones": zones}
+    if not features or len(data) < 10 or data["run_id"].nunique() < 1:
+        reason = "no usable feature" if not features else f"only {len(data)} usable rows"
+        return {}, {**base, "status": "skipped", "reason": reason}, pd.DataFrame()
+    folds, scheme = holdout_folds(data, int(settings["max_folds"]), float(settings["holdout_fraction"]))
+    X = data[features].to_numpy("float64")
+    params = dict(settings.get("params", {}).get(trainer, {}))
+    seed = int(settings["seed"])
+    models, metrics = {}, {}
+    held = folds >= 0
+    holdout = data.loc[held, ["run_id", "time", "t_rel", "stress_workload", *features]].reset_index(drop=True)
+    for zone in zones:
+        y = data[f"power_{zone}"].to_numpy("float64")
+        model, pred = fit_zone(trainer, params, seed, X, y, folds, int(settings.get("max_train_rows", 0)))
+        models[zone] = model
+        metrics[zone] = zone_metrics(y[held], pred[held], float(settings["mape_floor_watts"]))
+        holdout[f"power_{zone}"] = y[held]
+        holdout[f"pred_{zone}"] = pred[held]
+    report = {
+        **base,
+        "status": "trained",
+        "trainer": trainer,
+        "params": params,
+        "seed": seed,
+        "evaluation": scheme,
+        "rows_train": int(len(data)),
+        "rows_heldout": int(held.sum()),
+        "runs": sorted(data["run_id"].unique()),
+        "metrics": metrics,
+        "mae_mean": float(np.mean([m["mae"] for m in metrics.values()])),
+    }
+    return models, report, holdout
+
+
+def cmd_train(args) -> int:
+    import joblib
+
+    settings = json.loads(args.settings)
+    df = pd.read_parquet(args.dataset)
+    models, report, holdout = train(df, args.trainer, settings["patterns"], settings, args.dataset)
+    report.update({"node_type": args.node_type, "output_type": args.output_type, "feature_group": args.feature_group})
+    with atomic_path(args.model) as tmp:
+        joblib.dump({"features": report["features"], "zones": report["zones"], "models": models}, tmp, compress=3)
+    write_parquet(holdout, args.holdout)
+    write_json(report, args.metrics)
+    if report["status"] == "trained":
+        maes = ", ".join(f"{z} {m['mae']:.3f} W" for z, m in report["metrics"].items())
+        print(f"{args.trainer} {args.node_type}/{args.output_type}/{args.feature_group}: held-out MAE {maes}")
+    else:
+        print(f"{args.trainer} {args.node_type}/{args.output_type}/{args.feature_group}: skipped ({report['reason']})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one trainer for all zones of a node_type/output type/feature group")
+    p.add_argument("--dataset", required=True, help="isolated dataset (AbsPower or DynPower parquet)")
+    p.add_argument("--node-type", required=True)
+    p.add_argument("--output-type", required=True)
+    p.add_argument("--feature-group", required=True)
+    p.add_argument("--trainer", required=True, choices=sorted(TRAINERS))
+    p.add_argument("--model", required=True, help="native model output (joblib)")
+    p.add_argument("--metrics", required=True, help="metrics + training report (JSON)")
+    p.add_argument("--holdout", required=True, help="held-out rows with predictions (parquet)")
+    p.add_argument("--settings", required=True, help="JSON: train config plus the group's feature patterns")
+    p.set_defaults(func=cmd_train)
+

@@ -1,0 +1,11 @@
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py
+
+
+def pytest_configure(config):
+    import os
+
+    os.chdir(ROOT)  # tests read config.yaml and run the workflow from the repository root
