@@ -1,0 +1,155 @@
+"""``vmpower collect vm|host|run``: collect training data.
+
+* ``vm``   runs inside the VM: OS metrics, perf counters and stress-ng workloads.
+* ``host`` runs on the bare-metal host: the VM's power from Kepler's /metrics.
+* ``run``  runs on the host: starts both over SSH in sync and gathers a run directory.
+
+Heavy imports stay inside the functions so that ``vmpower --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_VM_KEPLER_URL = "http://localhost:28282/metrics"
+DEFAULT_HOST_KEPLER_URL = "http://localhost:28283/metrics"
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _add_vm(sub) -> None:
+    p = sub.add_parser("vm", help="guest feature collector (run inside the VM)",
+                       description="Collect VM features (OS metrics, perf counters) in bracketed "
+                                   "windows, optionally under stress-ng workloads.")
+    p.add_argument("--duration", type=_non_negative, default=300.0,
+                   help="collection duration in seconds (default: 300; 0 = until stopped)")
+    p.add_argument("--interval", type=_positive, default=1.0,
+                   help="collection interval in seconds (default: 1.0)")
+    p.add_argument("--output", default="data/vm_features.json",
+                   help="output file (JSON Lines while running, a JSON array at the end; "
+                        "default: data/vm_features.json)")
+    p.add_argument("--csv", default=None, metavar="PATH",
+                   help="also write the samples as CSV at the end")
+    p.add_argument("--kepler-url", default=DEFAULT_VM_KEPLER_URL,
+                   help=f"Kepler inside the VM, for process CPU seconds (default: {DEFAULT_VM_KEPLER_URL}); "
+                        "'none' disables it")
+    p.add_argument("--stress-workload", "--workloads", dest="workloads", default="none",
+                   help="workload or sequence: cpu_cycling | cpu_cycling:60,cpu_intensive:45 | "
+                        "cpu_cycling,cpu_intensive (equal split); loops until the duration ends")
+    p.add_argument("--cpu-intensive-duration", type=_positive, default=None,
+                   help="seconds of cpu_intensive in a sequence that names it without a duration")
+    p.add_argument("--list-workloads", action="store_true", help="list the stress workloads and exit")
+    p.add_argument("--vm-name", default=None, help="VM name (for logs and the default file name)")
+    p.add_argument("--no-sync", action="store_true",
+                   help="disable synchronized bracketed windows (sleep the interval between "
+                        "samples instead of absolute deadlines; drifts)")
+    p.add_argument("--no-perf", action="store_true", help="do not use perf (counters recorded as null)")
+    p.add_argument("--start-at", type=float, default=None, metavar="EPOCH",
+                   help="wait until this epoch time before the first window (used by `collect run`)")
+    p.add_argument("--log-file", default="logs/vm_feature_collection.log", help="log file")
+    p.add_argument("--verbose", action="store_true", help="verbose logging")
+    p.set_defaults(func=_run_vm)
+
+
+def _add_host(sub) -> None:
+    p = sub.add_parser("host", help="host power collector (Kepler /metrics on the bare-metal host)",
+                       description="Scrape Kepler's VM power and write the host power file.")
+    p.add_argument("--vm-names", "--vm-name", dest="vm_names", default="*",
+                   help="comma-separated VM names or glob patterns whose power is summed (default: all)")
+    p.add_argument("--kepler-url", default=DEFAULT_HOST_KEPLER_URL,
+                   help=f"Kepler metrics endpoint (default: {DEFAULT_HOST_KEPLER_URL})")
+    p.add_argument("--duration", type=_non_negative, default=300.0,
+                   help="collection duration in seconds (default: 300; 0 = until stopped)")
+    p.add_argument("--interval", type=_positive, default=0.1,
+                   help="scrape interval in seconds (default: 0.1)")
+    p.add_argument("--timeout", type=_positive, default=1.0, help="HTTP timeout per scrape (default: 1.0 s)")
+    p.add_argument("--output", default="data/bm_power.csv",
+                   help="output file, .csv or .json (default: data/bm_power.csv)")
+    p.add_argument("--start-at", type=float, default=None, metavar="EPOCH",
+                   help="wait until this epoch time before the first scrape")
+    p.add_argument("--log-file", default="logs/bm_power_collection.log", help="log file")
+    p.add_argument("--verbose", action="store_true", help="verbose logging")
+    p.set_defaults(func=_run_host)
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="orchestrate guest + host collection over SSH",
+                       description="Start the guest collector (and workloads) over SSH and the host "
+                                   "collector here, in sync; gather data/raw/<node_type>/<run_id>/.")
+    p.add_argument("--vm-name", required=True, help="VM name as Kepler reports it (power filter)")
+    p.add_argument("--vm-host", required=True, help="VM IP or host name for SSH")
+    p.add_argument("--vm-user", default="root", help="SSH user (default: root)")
+    p.add_argument("--vm-port", type=int, default=22, help="SSH port (default: 22)")
+    p.add_argument("--vm-key-file", default=None, help="SSH private key (default: agent / ~/.ssh keys)")
+    p.add_argument("--known-hosts", default=None,
+                   help="known_hosts file to verify the VM's host key (in addition to the system ones)")
+    p.add_argument("--insecure-accept-host-key", action="store_true",
+                   help="accept an unknown VM host key (DANGEROUS: no protection against MITM)")
+    p.add_argument("--vm-project-path", default="/root/vmpower",
+                   help="vmpower checkout inside the VM (default: /root/vmpower)")
+    p.add_argument("--vm-python", default=None,
+                   help="Python in the VM (default: <project>/.venv/bin/python if present, else python3)")
+    p.add_argument("--duration", type=_positive, default=800.0, help="collection duration (default: 800 s)")
+    p.add_argument("--workloads", default="cpu_cycling,cpu_intensive",
+                   help="workload sequence for the guest (default: cpu_cycling,cpu_intensive)")
+    p.add_argument("--cpu-intensive-duration", type=_positive, default=None,
+                   help="seconds of cpu_intensive when --workloads names it without a duration")
+    p.add_argument("--output-prefix", default="training", help="output file prefix (default: training)")
+    p.add_argument("--interval", type=_positive, default=1.0, help="guest sample interval (default: 1.0 s)")
+    p.add_argument("--host-interval", type=_positive, default=0.1,
+                   help="host Kepler scrape interval (default: 0.1 s)")
+    p.add_argument("--kepler-url", default=DEFAULT_HOST_KEPLER_URL,
+                   help=f"host Kepler endpoint (default: {DEFAULT_HOST_KEPLER_URL})")
+    p.add_argument("--vm-kepler-url", default=DEFAULT_VM_KEPLER_URL,
+                   help=f"Kepler inside the VM (default: {DEFAULT_VM_KEPLER_URL})")
+    p.add_argument("--data-dir", default="data/raw", help="raw data root (default: data/raw)")
+    p.add_argument("--node-type", default=None,
+                   help="node type directory (default: derived from the host CPU model)")
+    p.add_argument("--run-id", default=None, help="run directory name (default: <prefix>_<timestamp>)")
+    p.add_argument("--start-delay", type=_non_negative, default=3.0,
+                   help="seconds between launching and the common start instant (default: 3)")
+    p.add_argument("--connect-timeout", type=_positive, default=15.0, help="SSH connect timeout")
+    p.add_argument("--log-file", default="logs/orchestrator.log", help="log file")
+    p.add_argument("--verbose", action="store_true", help="verbose logging")
+    p.set_defaults(func=_run_orchestrator)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("collect", help="collect training data (vm | host | run)",
+                              description="Collect training data: `vm` inside the guest, `host` from Kepler "
+                                          "on the bare-metal host, `run` both at once over SSH.")
+    sub = p.add_subparsers(dest="collect_command", metavar="{vm,host,run}")
+    _add_vm(sub)
+    _add_host(sub)
+    _add_run(sub)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _run_vm(args) -> int:
+    from vmpower.collect.features import main_vm
+
+    return main_vm(args)
+
+
+def _run_host(args) -> int:
+    from vmpower.collect.host import main_host
+
+    return main_host(args)
+
+
+def _run_orchestrator(args) -> int:
+    from vmpower.collect.orchestrate import main_run
+
+    return main_run(args)

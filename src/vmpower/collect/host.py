@@ -1,0 +1,245 @@
+"""Host power collector (``vmpower collect host``): Kepler VM power every 0.1 s.
+
+Writes the host power file of docs/data-format.md incrementally (CSV rows, or JSON Lines that
+become a JSON array at the end). When Kepler is down, slow or returns garbage it retries with
+backoff, records the gap (log + ``gaps_<output stem>.json`` beside the output; the name does
+not match ``bm_power_*`` so the run directory keeps exactly one power file) and carries on.
+No row is written without a value for every zone column (never NaN).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from vmpower.collect.common import (JsonlWriter, Progress, Schedule, finalize_json_array, iso_local,
+                                    setup_file_log, stop_on_signals)
+from vmpower.collect.kepler import ZONE_ORDER, JoulesRate, MetricsError, matches, parse
+from vmpower.errors import InputError
+
+log = logging.getLogger("vmpower.collect.host")
+
+ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+
+
+def vm_filter_repr(patterns: list[str]) -> str:
+    """Python set repr (``{'fedora40'}``), sorted so the file is deterministic."""
+    return "{" + ", ".join(repr(p) for p in sorted(set(patterns))) + "}"
+
+
+def gaps_path(output: str | os.PathLike) -> Path:
+    out = Path(output)
+    return out.with_name(f"gaps_{out.stem}.json")
+
+
+class Fetcher:
+    def __init__(self, url: str, timeout: float):
+        self.url = url
+        self.timeout = timeout
+
+    def __call__(self) -> tuple[str, str]:
+        req = urllib.request.Request(self.url, headers={"Accept": ACCEPT})
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            if resp.status != 200:
+                raise MetricsError(f"HTTP {resp.status}")
+            body = resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+        return body.decode("utf-8", "replace"), ctype
+
+
+class HostCollector:
+    def __init__(self, url: str, output: str | os.PathLike, *, vm_patterns: list[str] | None = None,
+                 interval: float = 0.1, duration: float | None = 300.0, timeout: float = 1.0,
+                 start_at: float | None = None, max_backoff: float = 5.0, progress: bool | None = None,
+                 fsync_every: int = 10):
+        self.url = url
+        self.output = Path(output)
+        if self.output.suffix.lower() not in (".csv", ".json"):
+            raise InputError(self.output, "host output must end in .csv or .json")
+        self.as_json = self.output.suffix.lower() == ".json"
+        self.patterns = [p.strip() for p in (vm_patterns or ["*"]) if p.strip()] or ["*"]
+        self.interval = float(interval)
+        self.duration = float(duration) if duration else None
+        self.fetch = Fetcher(url, timeout)
+        self.start_at = start_at
+        self.max_backoff = max_backoff
+        self.progress = progress
+        self.fsync_every = fsync_every
+        self.schedule = Schedule(self.interval, self.duration)
+        self.rates = JoulesRate()
+        self.zones: list[str] | None = None
+        self.rows = 0
+        self.records: list[dict] = []
+        self.gaps: list[dict] = []
+        self._gap: dict | None = None
+        self._no_match_logged = False
+        self.scrapes = 0
+        self.failures = 0
+
+    def stop(self) -> None:
+        self.schedule.stop()
+
+    # -- gaps -------------------------------------------------------------------------------
+    def _fail(self, reason: str, now_wall: float) -> None:
+        self.failures += 1
+        if self._gap is None:
+            self._gap = {"start": now_wall, "start_iso": iso_local(now_wall), "reason": reason, "attempts": 0}
+            log.warning("Kepler %s: %s; retrying with backoff", self.url, reason)
+            self.rates.reset()  # no rate across a gap
+            self._write_gaps()
+        self._gap["attempts"] += 1
+        self._gap["last_reason"] = reason
+
+    def _recover(self, now_wall: float) -> None:
+        if self._gap is None:
+            return
+        gap = self._gap
+        gap["end"] = now_wall
+        gap["end_iso"] = iso_local(now_wall)
+        gap["seconds"] = round(now_wall - gap["start"], 3)
+        self.gaps.append(gap)
+        self._gap = None
+        log.warning("Kepler %s back after %.1f s gap (%d failed attempts)", self.url, gap["seconds"],
+                    gap["attempts"])
+        self._write_gaps()
+
+    def _write_gaps(self) -> None:
+        from vmpower.io import write_json
+
+        gaps = list(self.gaps) + ([dict(self._gap, open=True)] if self._gap else [])
+        write_json({"url": self.url, "output": self.output.name, "gaps": gaps,
+                    "gap_seconds": round(sum(g.get("seconds", 0.0) for g in gaps), 3),
+                    "scrapes": self.scrapes, "failed_scrapes": self.failures, "rows": self.rows},
+                   gaps_path(self.output))
+
+    # -- one scrape ------------------------------------------------------------------------------
+    def _row(self, readings, t_rel: float, wall: float, mono: float) -> dict | None:
+        chosen = [r for r in readings if r.state == "running" and matches(r, self.patterns)]
+        sums: dict[str, float] = {}
+        vms: list[dict] = []
+        names: set[str] = set()
+        joules = [r for r in chosen if r.kind == "joules"]
+        rates = {(r.vm_id, r.zone): self.rates.watts((r.vm_id, r.zone), r.value, mono) for r in joules}
+        if any(w is None for w in rates.values()):
+            # Kepler refreshes all counters at once: a series that stayed still while others
+            # moved is at 0 W (e.g. dram); otherwise the rate is not known yet.
+            if not (self.rates.any_rate and all(self.rates.never_moved(k) for k, w in rates.items() if w is None)):
+                return None
+            rates = {k: (0.0 if w is None else w) for k, w in rates.items()}
+        for r in chosen:
+            watts = rates[(r.vm_id, r.zone)] if r.kind == "joules" else r.value
+            if watts != watts:  # NaN from Kepler: never written
+                return None
+            sums[r.zone] = sums.get(r.zone, 0.0) + watts
+            names.add(r.vm_id or r.vm_name)
+            vms.append({"vm_id": r.vm_id, "vm_name": r.vm_name, "hypervisor": r.hypervisor,
+                        "node_name": r.node_name, "zone": r.zone, "watts": watts, "state": r.state})
+        if not chosen:
+            if not self._no_match_logged:
+                log.warning("no running VM matches %s at %s (yet)", vm_filter_repr(self.patterns), self.url)
+                self._no_match_logged = True
+            return None
+        if self.zones is None:
+            self.zones = [z for z in ZONE_ORDER if z in sums] + sorted(z for z in sums if z not in ZONE_ORDER)
+            log.info("zones: %s; VMs: %s", ", ".join(self.zones), ", ".join(sorted(names)))
+        if any(z not in sums for z in self.zones):
+            return None  # a zone is missing in this scrape: skip rather than write a hole
+        row = {"timestamp": round(t_rel, 6), "timestamp_iso": iso_local(wall)}
+        for z in self.zones:
+            row[f"total_cpu_watts_{z}"] = sums[z]
+        row["vm_count"] = len(names)
+        row["collection_interval"] = self.interval
+        row["vm_filter"] = vm_filter_repr(self.patterns)
+        if self.as_json:
+            row["timestamp_absolute"] = wall
+            row["vms"] = vms
+        return row
+
+    def run(self) -> int:
+        log.info("collecting host power from %s for %s every %.3f s (VMs %s) -> %s", self.url,
+                 f"{self.duration:g} s" if self.duration else "until stopped", self.interval,
+                 vm_filter_repr(self.patterns), self.output)
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        progress = Progress("host power", self.duration, enabled=self.progress)
+        writer = JsonlWriter(self.output, fsync_every=self.fsync_every) if self.as_json else None
+        csv_fh = None
+        csv_writer = None
+        if not self.as_json:
+            csv_fh = open(self.output, "w", newline="", encoding="utf-8")
+        self._write_gaps()
+        backoff = 0.0
+        next_try = 0.0
+        t0 = None
+        try:
+            start_mono = None
+            if self.start_at is not None:
+                start_mono = time.monotonic() + (self.start_at - time.time())
+            for tick in self.schedule.ticks(start_mono):
+                if t0 is None:
+                    t0 = tick
+                if tick < next_try:
+                    continue
+                self.scrapes += 1
+                try:
+                    text, ctype = self.fetch()
+                    readings = parse(text, ctype)
+                    if not readings:
+                        raise MetricsError("no kepler_vm_cpu_watts / kepler_vm_*_joules_total samples")
+                except (OSError, urllib.error.URLError, MetricsError, UnicodeError) as exc:
+                    reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    self._fail(reason, time.time())
+                    backoff = min(self.max_backoff, max(self.interval, backoff * 2 or self.interval * 2))
+                    next_try = time.monotonic() + backoff
+                    continue
+                mono, wall = time.monotonic(), time.time()
+                backoff = 0.0
+                self._recover(wall)
+                row = self._row(readings, mono - t0, wall, mono)
+                if row is None:
+                    continue
+                if self.as_json:
+                    writer.write(row)
+                    self.records.append(row)
+                else:
+                    if csv_writer is None:
+                        csv_writer = csv.DictWriter(csv_fh, fieldnames=list(row))
+                        csv_writer.writeheader()
+                    csv_writer.writerow(row)
+                    csv_fh.flush()
+                    if (self.rows + 1) % self.fsync_every == 0:
+                        os.fsync(csv_fh.fileno())
+                self.rows += 1
+                progress.update(mono - t0, f"{self.rows} rows, {len(self.gaps) + bool(self._gap)} gaps")
+        finally:
+            progress.close()
+            if self._gap is not None:
+                self._recover(time.time())
+            if csv_fh is not None:
+                csv_fh.flush()
+                os.fsync(csv_fh.fileno())
+                csv_fh.close()
+            if writer is not None:
+                writer.close()
+                finalize_json_array(self.output, self.records)
+            self._write_gaps()
+        log.info("wrote %d rows to %s (%d scrapes, %d failed, %d gaps)", self.rows, self.output,
+                 self.scrapes, self.failures, len(self.gaps))
+        return self.rows
+
+
+def main_host(args) -> int:
+    setup_file_log(args.log_file, args.verbose)
+    collector = HostCollector(args.kepler_url, args.output, vm_patterns=args.vm_names.split(","),
+                              interval=args.interval, duration=args.duration or None, timeout=args.timeout,
+                              start_at=args.start_at)
+    with stop_on_signals(collector.stop):
+        rows = collector.run()
+    print(f"{rows} rows -> {args.output} ({len(collector.gaps)} gaps)")
+    if rows == 0:
+        raise InputError(args.kepler_url, "no power rows collected (Kepler unreachable or no matching VM)")
+    return 0
