@@ -42,6 +42,15 @@ def _register_xgboost() -> None:
     )
 
 
+def _reset_name_counters() -> None:
+    """skl2onnx numbers some node names with process-wide counters (KNN's cdist subgraphs), so a
+    second conversion in one process would get other names. Reset them: same model, same bytes."""
+    from skl2onnx.common import _topology, utils
+
+    _topology.Variable._UNIQUE_NUMBER_ = 0
+    utils._unique_index["subgraph"] = 0
+
+
 def to_onnx(pipeline, n_features: int, trainer: str, graph_name: str, opset: int):
     """Convert a fitted scaler+model pipeline to an ONNX ModelProto with a float64 input."""
     from skl2onnx import convert_sklearn
@@ -58,6 +67,7 @@ def to_onnx(pipeline, n_features: int, trainer: str, graph_name: str, opset: int
         steps = [steps[0], ("cast", cast), steps[1]]
     if trainer == "XGBRegressor":
         _register_xgboost()
+    _reset_name_counters()
     onx = convert_sklearn(
         Pipeline(steps),
         initial_types=[("features", DoubleTensorType([None, n_features]))],

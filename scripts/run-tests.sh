@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole test suite in phases, each timed. Called by `make test` (and so by .ci/run).
+# A phase's failure does not stop the later ones; the script fails if any phase failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+export PYTHONHASHSEED=0
+failed=0; total_passed=0; total_failed=0; report=()
+
+phase() {  # phase NAME CMD...
+  local name=$1; shift
+  local start=$SECONDS out rc
+  echo "=== phase: $name"
+  out=$(mktemp); "$@" 2>&1 | tee "$out"; rc=${PIPESTATUS[0]}
+  local took=$((SECONDS - start))
+  local line; line=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$out" | tail -1)
+  local p f e
+  p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || true)
+  f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || true)
+  e=$(grep -oE '[0-9]+ errors?' <<<"$line" | grep -oE '[0-9]+' || true)
+  total_passed=$((total_passed + ${p:-0})); total_failed=$((total_failed + ${f:-0} + ${e:-0}))
+  [ "$rc" -eq 0 ] || failed=1
+  report+=("$(printf '%-10s %5ss  exit %s  %s' "$name" "$took" "$rc" "${line//=/}")")
+  rm -f "$out"
+}
+
+MARK_FAST="not slow and not docker and not slurm and not ssh and not stress and not benchmark"
+phase unit      $PY -m pytest -q -m "$MARK_FAST"
+phase collect   $PY -m pytest -q -m "(ssh or stress) and not docker and not slurm"
+phase workflow  $PY -m pytest -q -m "slow and not docker and not slurm and not ssh and not stress"
+if [ -f mk/images.mk ]; then
+  phase images  bash scripts/ci-docker.sh
+  phase docker  $PY -m pytest -q -m "docker and not slurm"
+fi
+if [ -f tests/slurm/start-cluster.sh ]; then
+  phase slurm   $PY -m pytest -q -m "slurm"
+fi
+
+echo "=== phase times"
+printf '%s\n' "${report[@]}"
+echo "$total_passed passed, $total_failed failed"
+exit $failed

@@ -1,0 +1,161 @@
+import json
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from vmpower import cli, isolate, train
+from vmpower.io import write_parquet
+
+CONFIG = yaml.safe_load(open("config.yaml"))
+
+
+def dataset(runs=4, n=150, seed=0, perf_missing_run=None):
+    rng = np.random.default_rng(seed)
+    parts = []
+    for r in range(runs):
+        u = rng.uniform(0, 100, n) if r else np.full(n, 2.0) + rng.normal(0, 0.2, n)
+        mem = rng.uniform(10, 60, n)
+        df = pd.DataFrame(
+            {
+                "run_id": f"run{r}",
+                "time": 1e9 + r * 1000 + np.arange(n, dtype=float),
+                "t_rel": np.arange(n, dtype=float),
+                "time_delta_seconds": 1.0,
+                "stress_workload": "idle" if r == 0 else "cpu_intensive",
+                "cpu_utilization": u,
+                "memory_usage_percent": mem,
+                "cpu_cycles": u * 1e7 + rng.normal(0, 1e6, n),
+                "cpu_steal": 0.0,  # constant: must be dropped
+            }
+        )
+        if perf_missing_run == r:
+            df["cpu_cycles"] = np.nan
+        df["power_package"] = 20 + 0.5 * u + 0.1 * mem + rng.normal(0, 0.5, n)
+        df["power_core"] = 5 + 0.4 * u + rng.normal(0, 0.3, n)
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_holdout_never_mixes_a_run_between_train_and_test():
+    df = dataset(runs=5)
+    folds, scheme = train.holdout_folds(df, max_folds=10, holdout_fraction=0.2)
+    assert scheme["scheme"] == "leave-one-run-out" and len(scheme["folds"]) == 5
+    per_run = pd.Series(folds).groupby(df["run_id"]).nunique()
+    assert (per_run == 1).all()
+    folds3, scheme3 = train.holdout_folds(df, max_folds=3, holdout_fraction=0.2)
+    assert len(set(folds3)) == 3 and "3-fold" in scheme3["scheme"]
+
+
+def test_single_run_holds_out_its_last_part():
+    df = dataset(runs=1)
+    folds, scheme = train.holdout_folds(df, max_folds=10, holdout_fraction=0.2)
+    held = df.loc[folds == 0, "t_rel"]
+    assert len(held) == 30 and held.min() >= df["t_rel"].quantile(0.79)
+
+
+def test_feature_selection_drops_constant_and_sparse():
+    df = dataset(runs=4, perf_missing_run=1)
+    feats, usable, rep = train.select_features(df, ["*"], max_missing=0.5)
+    assert "cpu_steal" not in feats and rep["dropped"]["cpu_steal"].startswith("constant")
+    assert "cpu_cycles" in feats and rep["rows_without_features"] == {"run1": 150}
+    feats2, usable2, rep2 = train.select_features(df, ["*"], max_missing=0.1)
+    assert "cpu_cycles" not in feats2 and usable2.all()
+
+
+@pytest.mark.parametrize("trainer", CONFIG["train"]["trainers"])
+def test_train_is_honest_and_accurate(trainer):
+    df = dataset(runs=4)
+    settings = {**CONFIG["train"], "patterns": ["cpu_utilization", "memory_usage_percent"]}
+    models, report, holdout = train.train(df, trainer, settings["patterns"], settings, "x")
+    assert report["status"] == "trained" and set(models) == {"package", "core"}
+    # Held-out error near the noise (0.5 W / 0.3 W std), well below the spread of the data.
+    limit = {"LinearRegression": 1.0, "SGDRegressor": 1.5}.get(trainer, 3.5)
+    assert report["metrics"]["package"]["mae"] < limit
+    assert report["metrics"]["package"]["mae"] > 0.2  # not evaluated on training rows
+    assert len(holdout) == len(df)  # every run held out exactly once
+
+
+def test_isolation_profile_and_min():
+    df = dataset(runs=3)
+    idle, info = isolate.idle_power(df, "profile", ["idle"], [])
+    assert info["method"] == "profile" and info["idle_runs"] == ["run0"]
+    assert idle["package"] == pytest.approx(df.loc[df.run_id == "run0", "power_package"].mean())
+    dyn, clipped = isolate.dyn_power(df, idle)
+    assert (dyn["power_package"] >= 0).all() and 0 < clipped["package"] < 0.7
+    busy = df[df.run_id != "run0"]
+    idle2, info2 = isolate.idle_power(busy, "profile", ["idle"], [])
+    assert info2["method"] == "min" and "fallback_reason" in info2
+    assert idle2["core"] == pytest.approx(busy["power_core"].min())
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Train and export every trainer once (in-process CLI calls, as the workflow makes them)."""
+    root = tmp_path_factory.mktemp("export")
+    data = root / "AbsPower.parquet"
+    write_parquet(dataset(runs=4), data)
+    spec = root / "machine_spec.json"
+    spec.write_text(json.dumps({"processor": "Test CPU", "cores": 8, "chips": 1, "memory": 32, "frequency": 2000}))
+    out = {}
+    for trainer in CONFIG["train"]["trainers"]:
+        d = root / trainer
+        tset = json.dumps({**CONFIG["train"], "patterns": ["cpu_*", "memory_usage_percent"]})
+        assert cli.main(["train", "--dataset", str(data), "--node-type", "nt", "--output-type", "AbsPower",
+                         "--feature-group", "Full", "--trainer", trainer, "--model", str(d / "model.joblib"),
+                         "--metrics", str(d / "metrics.json"), "--holdout", str(d / "holdout.parquet"),
+                         "--settings", tset]) == 0
+        for copy in ("a", "b"):
+            assert cli.main(["export", "--model", str(d / "model.joblib"), "--metrics", str(d / "metrics.json"),
+                             "--holdout", str(d / "holdout.parquet"), "--node-type", "nt", "--output-type",
+                             "AbsPower", "--feature-group", "Full", "--trainer", trainer, "--machine-spec", str(spec),
+                             "--lock", "envs/pipeline.lock", "--out-dir", str(d / copy / f"{trainer}Trainer_nt"),
+                             "--archive", str(d / copy / f"{trainer}Trainer_nt.zip"),
+                             "--settings", json.dumps(CONFIG["export"])]) == 0
+        out[trainer] = d
+    return out
+
+
+@pytest.mark.parametrize("trainer", CONFIG["train"]["trainers"])
+def test_onnx_matches_native_and_archive_is_reproducible(exported, trainer):
+    import joblib
+    import onnxruntime as ort
+
+    d = exported[trainer]
+    a = (d / "a" / f"{trainer}Trainer_nt.zip").read_bytes()
+    assert a == (d / "b" / f"{trainer}Trainer_nt.zip").read_bytes()
+    model_dir = d / "a" / f"{trainer}Trainer_nt"
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["model_name"] == f"{trainer}Trainer_nt" and meta["machine_spec"]["processor"] == "Test CPU"
+    assert sorted(meta["features"]) == ["cpu_cycles", "cpu_utilization", "memory_usage_percent"]
+    assert set(meta["zones"]) == {"package", "core"} and meta["package_mae"] > 0
+    with zipfile.ZipFile(d / "a" / f"{trainer}Trainer_nt.zip") as zf:
+        names = zf.namelist()
+        assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in zf.infolist())
+    assert {"metadata.json", "manifest.sha256", "package.onnx", "core.onnx"} <= set(names)
+    assert ("weight.json" in names) == (trainer in ("LinearRegression", "SGDRegressor"))
+    # Independent check: ONNX on fresh rows (not the held-out rows the export checked).
+    bundle = joblib.load(d / "model.joblib")
+    X = dataset(runs=2, seed=9)[meta["features"]].to_numpy("float64")
+    for zone in ("package", "core"):
+        sess = ort.InferenceSession(str(model_dir / f"{zone}.onnx"), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"features": X})[0].ravel()
+        assert np.max(np.abs(got - bundle["models"][zone].predict(X))) < 1e-3
+        assert meta["onnx"][zone]["max_abs_diff_watts"] < 1e-3
+
+
+def test_kepler_weights_reproduce_the_linear_model(exported):
+    import joblib
+
+    d = exported["LinearRegression"]
+    weights = json.loads((d / "a" / "LinearRegressionTrainer_nt" / "weight.json").read_text())
+    bundle = joblib.load(d / "model.joblib")
+    df = dataset(runs=1, seed=5)
+    for zone in ("package", "core"):
+        w = weights[zone]["All_Weights"]
+        pred = w["Bias_Weight"] + sum(
+            v["weight"] * (df[f] - v["mean"]) / v["scale"] for f, v in w["Numerical_Variables"].items()
+        )
+        np.testing.assert_allclose(pred, bundle["models"][zone].predict(df[bundle["features"]].to_numpy()), rtol=1e-9)
