@@ -23,9 +23,18 @@ for _group in FEATURE_GROUPS:
     if _group not in config["features"]["groups"]:
         raise WorkflowError(f"config.yaml: train.feature_groups names {_group!r}, not defined in features.groups")
 
+# `--sdm apptainer` / `--sdm conda` wrap each job themselves: run plain `python -m vmpower` in it.
+_SDM = {m.name.lower() for m in workflow.deployment_settings.deployment_method}
+if config["runtime"] == "local" and "apptainer" in _SDM:
+    config["runtime"] = "apptainer"
+elif config["runtime"] == "local" and "conda" in _SDM:
+    config["runtime"] = "conda"
+
 # The command that runs one vmpower step: locally, or inside the pinned image.
 VMPOWER = runtime.command(config, "pipeline")
 PIPELINE_IMAGE = runtime.container_ref(config, "pipeline")
+# For `--sdm conda` (with runtime=conda): the same locked packages, installed by conda + pip.
+CONDA_ENV = "../envs/pipeline.conda.yaml"
 
 
 def discover_runs(raw_dir):
@@ -133,12 +142,33 @@ def exported_archives():
     ]
 
 
+def provenance_records():
+    """Every job's provenance record (the image it ran in), for the final image check."""
+    out = [f"{RES}/provenance/merge/{nt}/{r}.json" for nt in NODE_TYPES for r in sorted(RUNS[nt])]
+    out += [f"{RES}/provenance/{stage}/{nt}.json" for stage in ("dataset", "isolate") for nt in NODE_TYPES]
+    out += [
+        f"{RES}/provenance/{stage}/{nt}/{ot}/{fg}/{tr}.json"
+        for stage in ("train", "export")
+        for nt in NODE_TYPES
+        for ot in OUTPUT_TYPES
+        for fg in FEATURE_GROUPS
+        for tr in TRAINERS
+    ]
+    return out + [f"{RES}/provenance/select.json"]
+
+
 def all_outputs():
     if not NODE_TYPES:
         return []
-    return exported_archives() + [f"{RES}/summary.csv", f"{RES}/best.json", f"{RES}/report.md"]
+    return exported_archives() + [
+        f"{RES}/summary.csv",
+        f"{RES}/best.json",
+        f"{RES}/report.md",
+        f"{RES}/provenance/images-checked.txt",
+    ]
 
 
 localrules:
     export_select,
+    export_check_images,
     report_markdown,

@@ -14,6 +14,7 @@ rule export_model:
         archive=f"{RES}/models/{{output_type}}/{{feature_group}}/{{trainer}}Trainer_{{node_type}}.zip",
         prov=f"{RES}/provenance/export/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}.json",
     params:
+        vmpower=VMPOWER,
         settings=settings_json("export"),
     log:
         "logs/export/{node_type}/{output_type}/{feature_group}/{trainer}.log",
@@ -23,9 +24,12 @@ rule export_model:
     resources:
         mem_mb=2000,
         runtime=20,
-    container: PIPELINE_IMAGE
+    conda:
+        CONDA_ENV
+    container:
+        PIPELINE_IMAGE
     shell:
-        "{VMPOWER} --provenance {output.prov} export --model {input.model} --metrics {input.metrics}"
+        "{params.vmpower} --provenance {output.prov} export --model {input.model} --metrics {input.metrics}"
         " --holdout {input.holdout} --machine-spec {input.spec} --lock {input.lock}"
         " --node-type {wildcards.node_type} --output-type {wildcards.output_type}"
         " --feature-group {wildcards.feature_group} --trainer {wildcards.trainer}"
@@ -40,13 +44,39 @@ rule export_select:
         summary=f"{RES}/summary.csv",
         best=f"{RES}/best.json",
         prov=f"{RES}/provenance/select.json",
+    params:
+        vmpower=VMPOWER,
     log:
         "logs/export/select.log",
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
-    container: PIPELINE_IMAGE
+    conda:
+        CONDA_ENV
+    container:
+        PIPELINE_IMAGE
     shell:
-        "{VMPOWER} --provenance {output.prov} select --models {input.models} --models-dir {RES}/models"
+        "{params.vmpower} --provenance {output.prov} select --models {input.models}"
         " --summary {output.summary} --best {output.best} > {log} 2>&1"
+
+
+rule export_check_images:
+    input:
+        prov=provenance_records(),
+        lock=runtime.lock_path(config),
+    output:
+        f"{RES}/provenance/images-checked.txt",
+    params:
+        vmpower=VMPOWER,
+        runtime=config["runtime"],
+    log:
+        "logs/export/check_images.log",
+    threads: 1
+    conda:
+        CONDA_ENV
+    container:
+        PIPELINE_IMAGE
+    shell:
+        "{params.vmpower} check-images --runtime {params.runtime} --lock {input.lock} --ok-file {output}"
+        " {input.prov} > {log} 2>&1"

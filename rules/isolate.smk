@@ -11,6 +11,7 @@ rule isolate_power:
         info=f"{RES}/isolated/{{node_type}}/isolation.json",
         prov=f"{RES}/provenance/isolate/{{node_type}}.json",
     params:
+        vmpower=VMPOWER,
         settings=settings_json("isolate"),
     log:
         "logs/isolate/{node_type}.log",
@@ -18,8 +19,11 @@ rule isolate_power:
     resources:
         mem_mb=2000,
         runtime=10,
-    container: PIPELINE_IMAGE
+    conda:
+        CONDA_ENV
+    container:
+        PIPELINE_IMAGE
     shell:
-        "{VMPOWER} --provenance {output.prov} isolate --dataset {input.data} --node-type {wildcards.node_type}"
+        "{params.vmpower} --provenance {output.prov} isolate --dataset {input.data} --node-type {wildcards.node_type}"
         " --abs-output {output.abs} --dyn-output {output.dyn} --info {output.info}"
         " --settings {params.settings:q} > {log} 2>&1"

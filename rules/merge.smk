@@ -11,6 +11,7 @@ rule merge_run:
         quality=f"{RES}/merged/{{node_type}}/{{run_id}}.quality.json",
         prov=f"{RES}/provenance/merge/{{node_type}}/{{run_id}}.json",
     params:
+        vmpower=VMPOWER,
         settings=settings_json("merge", "ingest", zones=config["zones"], required_zones=config["required_zones"]),
     log:
         "logs/merge/{node_type}/{run_id}.log",
@@ -20,9 +21,12 @@ rule merge_run:
     resources:
         mem_mb=2000,
         runtime=15,
-    container: PIPELINE_IMAGE
+    conda:
+        CONDA_ENV
+    container:
+        PIPELINE_IMAGE
     shell:
-        "{VMPOWER} --provenance {output.prov} merge --vm-features {input.vm:q} --bm-power {input.bm:q}"
+        "{params.vmpower} --provenance {output.prov} merge --vm-features {input.vm:q} --bm-power {input.bm:q}"
         " --output {output.data} --quality {output.quality} --settings {params.settings:q} > {log} 2>&1"
 
 
@@ -36,6 +40,7 @@ rule merge_dataset:
         summary=f"{RES}/datasets/{{node_type}}.summary.json",
         prov=f"{RES}/provenance/dataset/{{node_type}}.json",
     params:
+        vmpower=VMPOWER,
         settings=settings_json(zones=config["zones"]),
     log:
         "logs/dataset/{node_type}.log",
@@ -43,7 +48,10 @@ rule merge_dataset:
     resources:
         mem_mb=2000,
         runtime=10,
-    container: PIPELINE_IMAGE
+    conda:
+        CONDA_ENV
+    container:
+        PIPELINE_IMAGE
     shell:
-        "{VMPOWER} --provenance {output.prov} merge-dataset --inputs {input.runs} --quality-inputs {input.quality}"
+        "{params.vmpower} --provenance {output.prov} merge-dataset --inputs {input.runs} --quality-inputs {input.quality}"
         " --output {output.data} --summary {output.summary} --settings {params.settings:q} > {log} 2>&1"

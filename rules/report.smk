@@ -10,10 +10,15 @@ rule report_markdown:
         code=stage_sources("report"),
     output:
         f"{RES}/report.md",
+    params:
+        vmpower=VMPOWER,
     log:
         "logs/report/markdown.log",
     threads: 1
-    container: PIPELINE_IMAGE
+    conda:
+        CONDA_ENV
+    container:
+        PIPELINE_IMAGE
     shell:
-        "{VMPOWER} report --summary {input.summary} --best {input.best} --datasets {input.datasets}"
+        "{params.vmpower} report --summary {input.summary} --best {input.best} --datasets {input.datasets}"
         " --isolation {input.isolation} --output {output} > {log} 2>&1"

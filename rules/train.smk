@@ -11,6 +11,7 @@ rule train_model:
         holdout=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/holdout.parquet",
         prov=f"{RES}/provenance/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}.json",
     params:
+        vmpower=VMPOWER,
         settings=train_settings,
     log:
         "logs/train/{node_type}/{output_type}/{feature_group}/{trainer}.log",
@@ -20,9 +21,12 @@ rule train_model:
     resources:
         mem_mb=4000,
         runtime=60,
-    container: PIPELINE_IMAGE
+    conda:
+        CONDA_ENV
+    container:
+        PIPELINE_IMAGE
     shell:
-        "{VMPOWER} --provenance {output.prov} train --dataset {input.data} --node-type {wildcards.node_type}"
+        "{params.vmpower} --provenance {output.prov} train --dataset {input.data} --node-type {wildcards.node_type}"
         " --output-type {wildcards.output_type} --feature-group {wildcards.feature_group}"
         " --trainer {wildcards.trainer} --model {output.model} --metrics {output.metrics}"
         " --holdout {output.holdout} --settings {params.settings:q} > {log} 2>&1"

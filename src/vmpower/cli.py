@@ -13,39 +13,57 @@ import sys
 
 from vmpower.errors import InputError
 
-# Modules that provide subcommands, in help order. Each defines ``register(subparsers)``
-# which adds parsers and sets ``func`` (called with the parsed args; returns an exit code).
-STAGE_MODULES = (
-    "vmpower.merge",
-    "vmpower.isolate",
-    "vmpower.train",
-    "vmpower.export",
-    "vmpower.report",
-    "vmpower.synth",
-    "vmpower.collect",
-)
+# Subcommand -> module that registers it (``register(subparsers)``, setting ``func``, which is
+# called with the parsed args and returns an exit code). A job imports only its own module, so
+# the collectors run where the pipeline's libraries are not installed, and steps start faster.
+COMMANDS = {
+    "merge": "vmpower.merge",
+    "merge-dataset": "vmpower.merge",
+    "isolate": "vmpower.isolate",
+    "train": "vmpower.train",
+    "export": "vmpower.export",
+    "select": "vmpower.export",
+    "report": "vmpower.report",
+    "report-paths": "vmpower.report",
+    "synth": "vmpower.synth",
+    "collect": "vmpower.collect",
+    "check-images": "vmpower.runtime",
+    "predict": "vmpower.predict",
+    "serve": "vmpower.predict",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vmpower", description=__doc__.splitlines()[0])
+def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "--provenance", metavar="FILE", help="after success, record where the step ran (image digest, packages) here"
     )
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmpower", description="Build Kepler power models for VMs from paired VM-feature / host-power runs."
+    )
+    _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in STAGE_MODULES:
+    wanted = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for name in wanted:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # stage not present in this checkout
-                continue
+            if command is None or exc.name == name:
+                continue  # help listing: skip stages whose libraries are not installed here
             raise
         module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    _global_options(pre)
+    pre.add_argument("command", nargs="?")
+    known, _ = pre.parse_known_args(argv)
+    parser = build_parser(known.command)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,

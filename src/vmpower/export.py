@@ -239,6 +239,7 @@ def summary_rows(model_dirs: list[str]) -> pd.DataFrame:
         meta = json.loads((Path(d) / "metadata.json").read_text())
         base = {k: meta[k] for k in ("node_type", "output_type", "feature_group")}
         base["trainer"] = meta["trainer"].removesuffix("Trainer")
+        base["archive"] = Path(d).as_posix() + ".zip"
         if meta["status"] != "trained":
             rows.append({**base, "zone": None, "status": meta["status"]})
             continue
@@ -274,6 +275,8 @@ def cmd_select(args) -> int:
     df = summary_rows(args.models)
     best = best_models(df)
     key = ["node_type", "output_type", "feature_group", "trainer"]
+    archives = df.pop("archive")
+    best = best.merge(df.assign(archive=archives)[key + ["archive"]].drop_duplicates(), on=key, how="left")
     df = df.merge(best[key].assign(best=True), on=key, how="left")
     df["best"] = df["best"].fillna(False).astype(bool)
     with atomic_path(args.summary) as tmp:
@@ -285,7 +288,7 @@ def cmd_select(args) -> int:
             "trainer": row.trainer,
             "model_name": name,
             "mae_mean": row.mae_mean,
-            "archive": f"{args.models_dir}/{row.output_type}/{row.feature_group}/{name}.zip",
+            "archive": row.archive,
         }
     write_json(out, args.best)
     print(f"{len(best)} best models over {df['node_type'].nunique()} node types -> {args.best}")
@@ -312,5 +315,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--models", nargs="+", required=True, help="exported model directories")
     s.add_argument("--summary", required=True, help="summary.csv of all metrics")
     s.add_argument("--best", required=True, help="best.json")
-    s.add_argument("--models-dir", default="results/models")
     s.set_defaults(func=cmd_select)
