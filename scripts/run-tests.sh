@@ -28,13 +28,9 @@ MARK_FAST="not slow and not docker and not slurm and not ssh and not stress and 
 phase unit      $PY -m pytest -q -m "$MARK_FAST"
 phase collect   $PY -m pytest -q -m "(ssh or stress) and not docker and not slurm"
 phase workflow  $PY -m pytest -q -m "slow and not docker and not slurm and not ssh and not stress"
-if [ -f mk/images.mk ]; then
-  phase images  bash scripts/ci-docker.sh
-  phase docker  $PY -m pytest -q -m "docker and not slurm"
-fi
-if [ -f tests/slurm/start-cluster.sh ]; then
-  phase slurm   $PY -m pytest -q -m "slurm"
-fi
+phase images    make --no-print-directory images
+phase docker    $PY -m pytest -q -m "docker and not slurm"
+phase slurm     $PY -m pytest -q -m "slurm"
 
 echo "=== phase times"
 printf '%s\n' "${report[@]}"

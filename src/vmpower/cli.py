@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+# One BLAS/OpenMP thread per job, set before numpy loads: results must not depend on how many
+# cores a job gets (`--cores 1` and `--cores 2` give the same bytes), and Snakemake already runs
+# jobs in parallel, so threaded BLAS would only oversubscribe the CPUs.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 from vmpower.errors import InputError
 
@@ -30,6 +37,12 @@ COMMANDS = {
     "check-images": "vmpower.runtime",
     "predict": "vmpower.predict",
     "serve": "vmpower.predict",
+    "gate": "vmpower.gate",
+    "accept-models": "vmpower.gate",
+    "changelog": "vmpower.gate",
+    "report-quality": "vmpower.report",
+    "report-models": "vmpower.report",
+    "report-provenance": "vmpower.report",
 }
 
 
