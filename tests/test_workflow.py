@@ -118,4 +118,17 @@ def test_bad_input_stops_that_job_with_one_line_and_no_outputs(tmp_path):
     assert not list((ws / "results/merged/demo-epyc").glob("run02-cycling*"))
     # other node types still built (keep-going), nothing half-written anywhere
     assert (ws / "results/datasets/demo-xeon-e5.parquet").exists()
-    assert not [p for p in (ws / "results").rglob(".*") if p.is_file()]
+    assert not [p for p in (ws / "results").rglob(".*") if p.is_file() and p.name != ".snakemake_timestamp"]
+
+
+def test_predict_loads_a_model_the_workflow_exported(demo):
+    from workflow import vmpower
+
+    best = json.loads((demo / "results/best.json").read_text())["demo-epyc"]["AbsPower"]["Full"]
+    model_dir = best["archive"].removesuffix(".zip")
+    vm = next((demo / "data/raw/demo-epyc/run02-cycling").glob("vm_features_*.json"))
+    vmpower(demo, "predict", "--model", model_dir, "--input", str(vm.relative_to(demo)), "--output", "pred.csv")
+    pred = pd.read_csv(demo / "pred.csv")
+    merged = pd.read_parquet(demo / "results/merged/demo-epyc/run02-cycling.parquet")
+    assert pred["power_package"].notna().sum() >= len(merged) - 5
+    assert pred["power_package"].mean() == pytest.approx(merged["power_package"].mean(), rel=0.2)

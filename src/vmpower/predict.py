@@ -40,7 +40,12 @@ def read_artifact(path: str | Path) -> dict[str, bytes]:
 
     path = Path(path)
     if path.is_dir():
-        return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+        # Snakemake marks directory outputs with an empty .snakemake_timestamp: not a model file.
+        return {
+            p.relative_to(path).as_posix(): p.read_bytes()
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != ".snakemake_timestamp"
+        }
     if not path.exists():
         raise InputError(path, "model not found")
     if not zipfile.is_zipfile(path):
