@@ -12,18 +12,31 @@ from workflow import make_workspace, planned_jobs, snakemake, tree_digest
 pytestmark = pytest.mark.slow
 
 
-def small_config(ws, **train):
-    """A slice of the demo (two node types, fewer models) for the repeated builds."""
+def set_train(ws, feature_groups, trainers):
     cfg = yaml.safe_load((ws / "config.yaml").read_text())
-    cfg["train"].update({"feature_groups": ["SystemOnly", "Full"], "trainers": ["LinearRegression", "XGBRegressor", "KNeighborsRegressor"], **train})
+    cfg["train"].update({"feature_groups": feature_groups, "trainers": trainers})
     (ws / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def small_config(ws):
+    """A slice of the demo (two node types, two trainers) for the repeated builds."""
+    set_train(ws, ["Full"], ["LinearRegression", "XGBRegressor"])
     for nt in sorted((ws / "data/raw").iterdir())[2:]:
         shutil.rmtree(nt)
+
+
+# Every node type and runs of the demo, with three of the five trainers and two of the three
+# feature groups (all five trainers are exported and checked in test_train_export.py): keeps
+# the suite within CI's time while the whole data path is exercised.
+DEMO_GROUPS = ["SystemOnly", "Full"]
+DEMO_TRAINERS = ["LinearRegression", "XGBRegressor", "KNeighborsRegressor"]
+N_MODELS = 3 * 2 * len(DEMO_GROUPS) * len(DEMO_TRAINERS)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     ws = make_workspace(tmp_path_factory.mktemp("demo"))
+    set_train(ws, DEMO_GROUPS, DEMO_TRAINERS)
     snakemake(ws, "--cores", "2")
     return ws
 
@@ -34,7 +47,7 @@ def test_demo_build_outputs(demo):
     best = json.loads((res / "best.json").read_text())
     assert sorted(best) == ["demo-epyc", "demo-xeon-e5", "demo-xeon-gold"]
     assert set(summary["zone"].dropna()) == {"package", "core", "dram", "uncore"}
-    assert len(list((res / "models").glob("*/*/*.zip"))) == 90
+    assert len(list((res / "models").glob("*/*/*.zip"))) == N_MODELS
     assert (summary["onnx_max_abs_diff"].dropna() <= 1e-3).all()
     # Kepler's labels are 5 s averages that lag the 1 s features, so even a model that knows the
     # true power of each sample window has an error (window_truth_mae). The best models must be
@@ -49,7 +62,22 @@ def test_demo_build_outputs(demo):
             got = m[m.zone == zone].iloc[0]
             mad = (data[f"power_{zone}"] - data[f"power_{zone}"].mean()).abs().mean()
             assert got["mae"] < 0.6 * mad, (nt, zone, got["mae"], mad)
-            assert got["mae"] < 2.5 * floor[zone]["window_truth_mae_watts"], (nt, zone, got["mae"])
+            # Lag correction + causal 5 s windows bring the best model below the window-truth
+            # floor (was < 2.5x it before issue 8); the noise floor itself is not reached.
+            assert got["mae"] < 1.25 * floor[zone]["window_truth_mae_watts"], (nt, zone, got["mae"])
+    # Feature engineering: per-run lag in the quality report, windowed inputs in the metadata.
+    q2 = json.loads((res / "merged/demo-epyc/run02-cycling.quality.json").read_text())
+    assert 2.0 <= q2["lag"]["lag_seconds"] <= 10.0 and q2["lag"]["correlation"] > 0.8
+    ds = json.loads((res / "datasets/demo-epyc.summary.json").read_text())
+    assert ds["engineering"]["lag_correction"] and ds["engineering"]["windows_seconds"] == [5.0]
+    full = json.loads((res / "models/AbsPower/Full/XGBRegressorTrainer_demo-epyc/metadata.json").read_text())
+    wf = full["feature_engineering"]["windowed_features"]
+    assert wf["cpu_utilization_mean5s"]["base"] == "cpu_utilization" and wf["cpu_utilization_mean5s"]["causal"]
+    assert set(full["chosen_params"]["package"]) >= {"max_depth"} and full["search"]["grid"]
+    cross = pd.read_csv(res / "cross_node_type.csv")
+    assert len(cross) == 3 * 3 * 4 and cross["mae"].notna().all()
+    diag = cross[cross.trained_on == cross.evaluated_on]
+    assert (diag["ratio"] == 1.0).all()
     iso = json.loads((res / "isolated/demo-epyc/isolation.json").read_text())
     assert iso["method"] == "profile" and iso["idle_runs"] == ["run01-idle"]
     q = json.loads((res / "merged/demo-epyc/run02-cycling.quality.json").read_text())
@@ -72,7 +100,7 @@ def test_editing_a_stage_reruns_only_that_stage_and_below(demo):
         jobs = planned_jobs(snakemake(demo, "-n", "--cores", "2"))
     finally:
         src.write_text(original)
-    assert jobs.get("isolate_power") == 3 and "merge_run" not in jobs and jobs.get("train_model") == 90
+    assert jobs.get("isolate_power") == 3 and "merge_run" not in jobs and jobs.get("train_model") == N_MODELS
 
 
 def test_adding_a_run_rebuilds_only_its_node_type(demo):
@@ -86,7 +114,7 @@ def test_adding_a_run_rebuilds_only_its_node_type(demo):
     finally:
         shutil.rmtree(new)
     assert jobs["merge_run"] == 1 and jobs["merge_dataset"] == 1 and jobs["isolate_power"] == 1
-    assert jobs["train_model"] == 30 and jobs["export_model"] == 30
+    assert jobs["train_model"] == N_MODELS // 3 and jobs["export_model"] == N_MODELS // 3
     assert "node_type=demo-epyc" in text
     assert "node_type=demo-xeon-gold" not in text and "node_type=demo-xeon-e5" not in text
 
@@ -99,7 +127,7 @@ def test_two_clean_builds_with_1_and_2_cores_are_byte_identical(tmp_path):
     snakemake(a, "--cores", "1")
     snakemake(b, "--cores", "2")
     da, db = tree_digest(a / "results"), tree_digest(b / "results")
-    assert len(da) > 50
+    assert len(da) > 30
     assert da == db
     kinds = {p.rsplit(".", 1)[-1] for p in da}
     assert {"parquet", "zip", "json", "onnx", "csv", "md"} <= kinds
