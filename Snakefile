@@ -7,6 +7,10 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# `snakemake --report results/report.html`: the front page; the figures are the report_* outputs.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/merge.smk"
 include: "rules/isolate.smk"

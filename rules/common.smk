@@ -79,6 +79,15 @@ def stage_sources(*modules):
     return _COMMON_SRC + [f"{_SRC}/{m}.py" for m in modules]
 
 
+ENGINEERING_KEYS = ("lag_feature", "lag_zone", "max_lag_seconds", "min_lag_correlation", "lag_correction", "windows", "window_features")
+LAG_KEYS = ("lag_feature", "lag_zone", "max_lag_seconds")
+
+
+def features_settings(keys):
+    """The engineering keys of the features section (not the groups)."""
+    return {k: config["features"][k] for k in keys if k in config["features"]}
+
+
 def settings_json(*sections, **extra):
     """The config sections a step reads, as JSON for --settings (a change reruns the step)."""
     data = {}
@@ -114,7 +123,12 @@ def machine_specs(wildcards):
 
 def train_settings(wildcards):
     return json.dumps(
-        {**TRAIN, "patterns": config["features"]["groups"][wildcards.feature_group]}, sort_keys=True
+        {
+            **TRAIN,
+            "patterns": config["features"]["groups"][wildcards.feature_group],
+            "engineering": features_settings(ENGINEERING_KEYS),
+        },
+        sort_keys=True,
     )
 
 
@@ -132,6 +146,11 @@ def exported_metadata(node_types=None):
     ]
 
 
+def node_type_models(wildcards):
+    """The exported model directories of one node_type (export_select)."""
+    return exported_metadata([wildcards.node_type])
+
+
 def exported_archives():
     return [
         f"{RES}/models/{ot}/{fg}/{model_name(tr, nt)}.zip"
@@ -146,6 +165,7 @@ def provenance_records():
     """Every job's provenance record (the image it ran in), for the final image check."""
     out = [f"{RES}/provenance/merge/{nt}/{r}.json" for nt in NODE_TYPES for r in sorted(RUNS[nt])]
     out += [f"{RES}/provenance/{stage}/{nt}.json" for stage in ("dataset", "isolate") for nt in NODE_TYPES]
+    out += [f"{RES}/provenance/cross_node_type.json"] if NODE_TYPES else []
     out += [
         f"{RES}/provenance/{stage}/{nt}/{ot}/{fg}/{tr}.json"
         for stage in ("train", "export")
@@ -154,7 +174,33 @@ def provenance_records():
         for fg in FEATURE_GROUPS
         for tr in TRAINERS
     ]
+    out += [f"{RES}/provenance/select/{nt}.json" for nt in NODE_TYPES]
     return out + [f"{RES}/provenance/select.json"]
+
+
+def _built_or_first(wanted, built):
+    return wanted if wanted in built else built[0]
+
+
+# The model compared across node_types (train.cross_node_type); a choice this build does not
+# train (e.g. a config with other trainers) falls back to the first one it does.
+_CROSS = TRAIN.get("cross_node_type", {})
+CROSS = {
+    "output_type": _built_or_first(_CROSS.get("output_type"), OUTPUT_TYPES),
+    "feature_group": _built_or_first(_CROSS.get("feature_group"), FEATURE_GROUPS),
+    "trainer": _built_or_first(_CROSS.get("trainer"), TRAINERS),
+}
+
+
+CROSS_MODEL = "{output_type}/{feature_group}/{trainer}".format(**CROSS)
+
+
+def cross_inputs(kind):
+    """Per node_type inputs of the cross-node_type check."""
+    ot, fg, tr = CROSS["output_type"], CROSS["feature_group"], CROSS["trainer"]
+    if kind == "dataset":
+        return [f"{RES}/isolated/{nt}/{ot}.parquet" for nt in NODE_TYPES]
+    return [f"{RES}/train/{nt}/{ot}/{fg}/{tr}/{kind}" for nt in NODE_TYPES]
 
 
 def all_outputs():
@@ -162,13 +208,50 @@ def all_outputs():
         return []
     return exported_archives() + [
         f"{RES}/summary.csv",
+        f"{RES}/cross_node_type.csv",
         f"{RES}/best.json",
         f"{RES}/report.md",
         f"{RES}/provenance/images-checked.txt",
-    ]
+    ] + report_outputs()  # rules/report.smk: the figures and tables of `snakemake --report`
 
 
 localrules:
     export_select,
+    export_summary,
     export_check_images,
     report_markdown,
+
+
+# ---------------------------------------------------------------- report inputs (rules/report.smk)
+
+REPORT_DIR = f"{RES}/report"
+TREE_TRAINERS = [t for t in TRAINERS if t in ("GradientBoostingRegressor", "XGBRegressor")]
+REPORT_LOCKS = ["envs/pipeline.lock", "envs/collect.lock", "envs/dev.lock"]
+
+
+def report_holdouts(wildcards):
+    nt = wildcards.node_type
+    return [f"{RES}/train/{nt}/{ot}/{fg}/{tr}/holdout.parquet" for ot in OUTPUT_TYPES for fg in FEATURE_GROUPS for tr in TRAINERS]
+
+
+def report_tree_models(wildcards):
+    nt = wildcards.node_type
+    return [f"{RES}/train/{nt}/{ot}/{fg}/{tr}/model.joblib" for ot in OUTPUT_TYPES for fg in FEATURE_GROUPS for tr in TREE_TRAINERS]
+
+
+def report_raw_files(wildcards):
+    nt = wildcards.node_type
+    runs = RUNS[nt]
+    return sorted(f for r in sorted(runs) for f in (runs[r]["vm"], runs[r]["bm"])) + machine_specs(wildcards)
+
+
+def report_records(wildcards):
+    nt = wildcards.node_type
+    return [p for p in provenance_records() if nt in Path(p).parts or Path(p).stem == nt]
+
+
+def report_outputs():
+    """The per-node_type report files (rule all)."""
+    names = ("quality.png", "quality.html", "heldout.png", "residuals.png", "importance.png", "metrics.html",
+             "provenance.html", "provenance.json")
+    return [f"{REPORT_DIR}/{nt}/{name}" for nt in NODE_TYPES for name in names]

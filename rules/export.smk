@@ -36,18 +36,20 @@ rule export_model:
         " --out-dir {output.model_dir} --archive {output.archive} --settings {params.settings:q} > {log} 2>&1"
 
 
+# The best model per output type and feature group of one node_type (so a new run of one
+# node_type never reruns another's report), then the summary of all node_types.
 rule export_select:
     input:
-        models=exported_metadata(),
+        models=node_type_models,
         code=stage_sources("export"),
     output:
-        summary=f"{RES}/summary.csv",
-        best=f"{RES}/best.json",
-        prov=f"{RES}/provenance/select.json",
+        summary=f"{RES}/select/{{node_type}}.summary.csv",
+        best=f"{RES}/select/{{node_type}}.best.json",
+        prov=f"{RES}/provenance/select/{{node_type}}.json",
     params:
         vmpower=VMPOWER,
     log:
-        "logs/export/select.log",
+        "logs/export/select/{node_type}.log",
     threads: 1
     resources:
         mem_mb=1000,
@@ -59,6 +61,32 @@ rule export_select:
     shell:
         "{params.vmpower} --provenance {output.prov} select --models {input.models}"
         " --summary {output.summary} --best {output.best} > {log} 2>&1"
+
+
+rule export_summary:
+    input:
+        summaries=expand(f"{RES}/select/{{node_type}}.summary.csv", node_type=NODE_TYPES),
+        best=expand(f"{RES}/select/{{node_type}}.best.json", node_type=NODE_TYPES),
+        code=stage_sources("export"),
+    output:
+        summary=f"{RES}/summary.csv",
+        best=f"{RES}/best.json",
+        prov=f"{RES}/provenance/select.json",
+    params:
+        vmpower=VMPOWER,
+    log:
+        "logs/export/summary.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        CONDA_ENV
+    container:
+        PIPELINE_IMAGE
+    shell:
+        "{params.vmpower} --provenance {output.prov} summary --summaries {input.summaries} --best {input.best}"
+        " --summary-output {output.summary} --best-output {output.best} > {log} 2>&1"
 
 
 rule export_check_images:

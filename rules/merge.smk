@@ -5,14 +5,16 @@ rule merge_run:
     input:
         vm=run_vm_file,
         bm=run_bm_file,
-        code=stage_sources("ingest", "merge"),
+        code=stage_sources("ingest", "merge", "engineer"),
     output:
         data=f"{RES}/merged/{{node_type}}/{{run_id}}.parquet",
         quality=f"{RES}/merged/{{node_type}}/{{run_id}}.quality.json",
         prov=f"{RES}/provenance/merge/{{node_type}}/{{run_id}}.json",
     params:
         vmpower=VMPOWER,
-        settings=settings_json("merge", "ingest", zones=config["zones"], required_zones=config["required_zones"]),
+        settings=settings_json(
+            "merge", "ingest", zones=config["zones"], required_zones=config["required_zones"], **features_settings(LAG_KEYS)
+        ),
     log:
         "logs/merge/{node_type}/{run_id}.log",
     benchmark:
@@ -34,14 +36,14 @@ rule merge_dataset:
     input:
         runs=merged_runs,
         quality=merged_quality,
-        code=stage_sources("merge"),
+        code=stage_sources("merge", "engineer"),
     output:
         data=f"{RES}/datasets/{{node_type}}.parquet",
         summary=f"{RES}/datasets/{{node_type}}.summary.json",
         prov=f"{RES}/provenance/dataset/{{node_type}}.json",
     params:
         vmpower=VMPOWER,
-        settings=settings_json(zones=config["zones"]),
+        settings=settings_json(zones=config["zones"], **features_settings(ENGINEERING_KEYS)),
     log:
         "logs/dataset/{node_type}.log",
     threads: 1

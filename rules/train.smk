@@ -4,7 +4,7 @@
 rule train_model:
     input:
         data=f"{RES}/isolated/{{node_type}}/{{output_type}}.parquet",
-        code=stage_sources("train"),
+        code=stage_sources("train", "engineer"),
     output:
         model=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/model.joblib",
         metrics=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/metrics.json",
@@ -30,3 +30,33 @@ rule train_model:
         " --output-type {wildcards.output_type} --feature-group {wildcards.feature_group}"
         " --trainer {wildcards.trainer} --model {output.model} --metrics {output.metrics}"
         " --holdout {output.holdout} --settings {params.settings:q} > {log} 2>&1"
+
+
+# How a model trained on one node_type does on the others (results/cross_node_type.csv).
+rule train_cross_node_type:
+    input:
+        models=cross_inputs("model.joblib"),
+        metrics=cross_inputs("metrics.json"),
+        datasets=cross_inputs("dataset"),
+        code=stage_sources("train", "engineer"),
+    output:
+        csv=f"{RES}/cross_node_type.csv",
+        prov=f"{RES}/provenance/cross_node_type.json",
+    params:
+        vmpower=VMPOWER,
+        node_types=NODE_TYPES,
+        model=CROSS_MODEL,
+    log:
+        "logs/train/cross_node_type.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    container:
+        PIPELINE_IMAGE
+    shell:
+        "{params.vmpower} --provenance {output.prov} train-cross --node-types {params.node_types}"
+        " --model-name {params.model}"
+        " --models {input.models} --metrics {input.metrics} --datasets {input.datasets} --output {output.csv} > {log} 2>&1"

@@ -13,7 +13,7 @@ phase() {  # phase NAME CMD...
   echo "=== phase: $name"
   out=$(mktemp); "$@" 2>&1 | tee "$out"; rc=${PIPESTATUS[0]}
   local took=$((SECONDS - start))
-  local line; line=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$out" | tail -1)
+  local line; line=$(grep -E '(passed|failed|errors?|deselected).* in [0-9.]+s' "$out" | tail -1)
   local p f e
   p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || true)
   f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || true)

@@ -32,3 +32,13 @@ def test_bad_config_is_rejected(path, value):
     node[path[-1]] = value
     with pytest.raises(Exception, match="ValidationError"):
         validate(cfg, SCHEMA)
+
+
+def test_snakemake_lint_is_clean():
+    """`snakemake --lint` (rule names, log/benchmark directives, no lambdas or absolute paths)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and "Congratulations, your workflow is in a good condition" in out, out[-3000:]

@@ -15,6 +15,8 @@ CONFIG = yaml.safe_load(open("config.yaml"))
 
 
 def settings(**over):
+    """Config settings; per-sample window alignment unless a test asks for another."""
+    over.setdefault("alignment", "window")
     s = merge.MergeSettings.from_config(CONFIG)
     for k, v in over.items():
         setattr(s, k, v)
@@ -194,3 +196,125 @@ def test_cli_keeps_seed_options_and_leaves_nothing_on_error(tmp_path, run):
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and str(bad) in res.stderr
     assert not out2.exists() and not list(tmp_path.glob(".never*"))
+
+
+# ---------------------------------------------------------------- lag + engineering (issue 8)
+
+
+def test_quality_records_the_lag_between_load_and_power(tmp_path):
+    """Host power follows the guest's utilisation 3 s late: the merge reports a ~3 s lag."""
+    rng = np.random.default_rng(4)
+    n = 240
+    util = np.repeat(rng.uniform(5, 95, n // 8), 8)
+    start = 1_741_600_000.0
+    recs = vm_records(n=n, start=start, util=util)
+    vm = write_vm(tmp_path / "vm_features_t.json", recs)
+    t_vm = np.array([r["timestamp_absolute"] for r in recs])
+    host = host_frame(start=start - 5, seconds=n + 10, watts=lambda t: 10 + 0.5 * np.interp(t - 3.0, t_vm, util))
+    bm = write_host_csv(tmp_path / "bm_power_t.csv", host)
+    _, q = merge.merge_run(vm, bm, settings())
+    assert q["lag"]["feature"] == "cpu_utilization" and q["lag"]["zone"] == "package"
+    assert q["lag"]["lag_seconds"] == pytest.approx(3.0, abs=0.6)
+    assert q["lag"]["correlation"] > q["lag"]["correlation_at_zero"]
+
+
+def test_merge_dataset_engineers_windows_and_lag_per_run(tmp_path):
+    from vmpower import cli
+
+    rng = np.random.default_rng(5)
+    paths, quals = [], []
+    for r in ("runA", "runB"):
+        n = 120
+        util = np.repeat(rng.uniform(5, 95, n // 6), 6)
+        t = 1_741_600_000.0 + np.arange(n, dtype=float)
+        df = pd.DataFrame({"time": t, "t_rel": t - t[0], "time_delta_seconds": 1.0, "stress_workload": "x",
+                           "cpu_utilization": util, "power_package": 10 + np.r_[np.full(2, util[0]), util[:-2]],
+                           "power_core": 5.0 + util, "n_host_samples": 10, "time_diff": 0.01})
+        p = tmp_path / f"{r}.parquet"
+        df.to_parquet(p)
+        q = tmp_path / f"{r}.quality.json"
+        q.write_text(json.dumps({"lag": {"lag_seconds": 2.0, "correlation": 0.9}}))
+        paths.append(str(p))
+        quals.append(str(q))
+    out, summary = tmp_path / "ds.parquet", tmp_path / "ds.json"
+    eng = {"zones": ["package", "core"], "lag_correction": True, "windows": [3], "window_features": ["cpu_*"]}
+    assert cli.main(["merge-dataset", "--inputs", *paths, "--quality-inputs", *quals, "--output", str(out),
+                     "--summary", str(summary), "--settings", json.dumps(eng)]) == 0
+    data = pd.read_parquet(out)
+    rep = json.loads(summary.read_text())["engineering"]
+    assert rep["run_lags_seconds"] == {"runA": 2.0, "runB": 2.0} and rep["rows_dropped"] == {"runA": 2, "runB": 2}
+    assert "cpu_utilization_mean3s" in data and len(data) == 2 * 118
+    for r, g in data.groupby("run_id"):
+        # labels now line up with the features; windows restart at each run
+        np.testing.assert_allclose(g["power_package"], 10 + g["cpu_utilization"])
+        assert g["cpu_utilization_mean3s"].iloc[0] == g["cpu_utilization"].iloc[0]
+    # Without engineering keys (older settings) nothing changes.
+    assert cli.main(["merge-dataset", "--inputs", *paths, "--output", str(out), "--summary", str(summary),
+                     "--settings", json.dumps({"zones": ["package", "core"]})]) == 0
+    assert len(pd.read_parquet(out)) == 240 and "engineering" not in json.loads(summary.read_text())
+
+
+# ---------------------------------------------------------------- kepler_interval alignment
+
+
+def test_interval_means_match_fine_grid_integration():
+    rng = np.random.default_rng(3)
+    b = np.cumsum(rng.uniform(0.8, 1.2, 40))
+    a = b - rng.uniform(0.7, 0.8, 40)  # gaps between the windows are not covered
+    v = rng.normal(size=(40, 2))
+    v[7, 1] = np.nan  # a NaN sample covers nothing (for all columns)
+    lo = np.array([0.5, 3.3, 10.0, 20.2])
+    hi = lo + np.array([4.0, 5.5, 0.3, 7.1])
+    means, covered = merge.interval_means(a, b, v, lo, hi)
+    grid = np.arange(0.0, 60.0, 1e-4) + 5e-5  # midpoints of a fine grid
+    k = np.searchsorted(b, grid, side="left")
+    inside = (k < 40) & (grid > a[np.minimum(k, 39)]) & np.isfinite(v[np.minimum(k, 39)]).all(axis=1)
+    for i in range(len(lo)):
+        sel = inside & (grid > lo[i]) & (grid <= hi[i])
+        np.testing.assert_allclose(covered[i], sel.sum() * 1e-4, atol=2e-4)
+        np.testing.assert_allclose(means[i], v[k[sel]].mean(axis=0), atol=1e-3)
+
+
+def kepler_pair(tmp_path, skew=0.4, n=240):
+    """A run where Kepler publishes, every 5 s, the exact mean of 2 W per % utilisation over the
+    interval since its last update; the guest clock runs ``skew`` s ahead of the host's."""
+    rng = np.random.default_rng(11)
+    util = np.repeat(rng.uniform(5, 95, n // 4), 4)  # load changes every 4 s
+    start = 1_741_600_000.0
+    vm = write_vm(tmp_path / "vm_features_k.json", vm_records(n=n, start=start, util=util, skew=skew))
+    updates = start + 0.37 + 5.0 * np.arange(-2, n // 5 + 4)
+    ends = start + np.arange(1, n + 1)  # true (host-clock) ends of the 1 s sample windows
+    means, _ = merge.interval_means(ends - 1.0, ends, 2.0 * util[:, None], updates[:-1], updates[1:])
+    label = np.nan_to_num(means[:, 0])
+
+    def watts(t):
+        j = np.searchsorted(updates, t, side="right") - 2  # value published at the last update
+        return np.where(j >= 0, label[np.clip(j, 0, len(label) - 1)], 0.0)
+
+    host_df = host_frame(start=start - 5.0, seconds=n + 12.0, watts=watts)
+    return vm, write_host_csv(tmp_path / "bm_power_k.csv", host_df), util
+
+
+def test_kepler_interval_recovers_offset_and_exact_labels(tmp_path):
+    vm, bm, util = kepler_pair(tmp_path, skew=0.4)
+    data, q = merge.merge_run(vm, bm, settings(alignment="kepler_interval"))
+    k = q["kepler"]
+    assert abs(k["clock_offset_seconds"] + 0.4) <= 0.051 and abs(k["median_interval_seconds"] - 5.0) < 0.01
+    assert k["offset_correlation"] > 0.99 and q["alignment"] == "kepler_interval"
+    # Intervals are ~5 s; each row's feature is the time-weighted mean over the interval its
+    # label describes, so label = 2 W x utilisation up to the 0.1 s update-time uncertainty.
+    assert np.all(np.abs(data["time_delta_seconds"] - 5.0) < 0.15)
+    assert len(data) >= 40 and q["rows_kept"] == len(data)
+    err = np.abs(data["power_package"] - 2.0 * data["cpu_utilization"])
+    assert err.max() < 0.04 * 2.0 * 90 and err.mean() < 2.0
+    # the same data aligned per sample (window) is far off: labels lag the load by up to 5 s
+    w, _ = merge.merge_run(vm, bm, settings(alignment="window"))
+    assert np.abs(w["power_package"] - 2.0 * w["cpu_utilization"]).mean() > 3 * err.mean()
+    np.testing.assert_allclose(data["sys_context_switches_rate"], 1000.0, rtol=1e-9)
+    assert q["lag"]["lag_seconds"] > 0  # per-sample lag recorded too
+
+
+def test_kepler_interval_rejects_host_data_without_steps(run):
+    vm, bm, _ = run  # a linear ramp that changes at every 0.1 s host sample
+    with pytest.raises(InputError, match=r"bm_power_t\.csv: power changes every 0\.1 s.*use window"):
+        merge.merge_run(vm, bm, settings(alignment="kepler_interval"))

@@ -131,6 +131,8 @@ def test_onnx_matches_native_and_archive_is_reproducible(exported, trainer):
     assert meta["model_name"] == f"{trainer}Trainer_nt" and meta["machine_spec"]["processor"] == "Test CPU"
     assert sorted(meta["features"]) == ["cpu_cycles", "cpu_utilization", "memory_usage_percent"]
     assert set(meta["zones"]) == {"package", "core"} and meta["package_mae"] > 0
+    assert meta["feature_engineering"]["windowed_features"] == {}  # this data set has no windows
+    assert set(meta["chosen_params"]) == {"package", "core"}
     with zipfile.ZipFile(d / "a" / f"{trainer}Trainer_nt.zip") as zf:
         names = zf.namelist()
         assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in zf.infolist())
@@ -159,3 +161,92 @@ def test_kepler_weights_reproduce_the_linear_model(exported):
             v["weight"] * (df[f] - v["mean"]) / v["scale"] for f, v in w["Numerical_Variables"].items()
         )
         np.testing.assert_allclose(pred, bundle["models"][zone].predict(df[bundle["features"]].to_numpy()), rtol=1e-9)
+
+
+# ---------------------------------------------------------------- feature engineering (issue 8)
+
+
+def lagged_runs(lag_s=4.0, runs=3, n=400, seed=3):
+    """Power follows cpu_utilization by lag_s seconds, as a 5 s Kepler-style held average."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for r in range(runs):
+        t = 1e9 + r * 10_000 + np.arange(n, dtype=float) * 1.0 + rng.uniform(-0.01, 0.01, n)
+        u = np.repeat(rng.uniform(0, 100, n // 10 + 1), 10)[:n] + rng.normal(0, 1, n)
+        k = int(lag_s)
+        power = np.r_[np.full(k, 20.0), 20 + 0.5 * u[: n - k]] + rng.normal(0, 0.3, n)
+        parts.append(pd.DataFrame({"run_id": f"run{r}", "time": t, "t_rel": t - t[0], "time_delta_seconds": 1.0,
+                                   "stress_workload": "cpu_intensive", "cpu_utilization": u,
+                                   "memory_usage_percent": rng.uniform(10, 60, n),
+                                   "power_package": power, "power_core": 0.8 * power}))
+    return pd.concat(parts, ignore_index=True)
+
+
+@pytest.mark.parametrize("lag", [0, 3, 7])
+def test_lag_estimate_recovers_a_known_lag(lag):
+    from vmpower import engineer
+
+    g = lagged_runs(lag_s=lag, runs=1)
+    info = engineer.estimate_lag(g["time"].to_numpy(), g["cpu_utilization"].to_numpy(), g["power_package"].to_numpy(), 15)
+    assert info["lag_seconds"] == pytest.approx(lag, abs=0.6)
+    assert info["correlation"] > 0.9
+
+
+def test_lag_correction_pairs_features_with_later_labels_within_each_run():
+    from vmpower import engineer
+
+    df = lagged_runs(lag_s=4.0, runs=2)
+    out, info = engineer.apply_lag(df, {"run0": 4.0, "run1": 4.0})
+    assert info["rows_dropped"] == {"run0": 4, "run1": 4}  # the last 4 s of each run have no label
+    for r in ("run0", "run1"):
+        a, b = df[df.run_id == r].reset_index(drop=True), out[out.run_id == r].reset_index(drop=True)
+        np.testing.assert_allclose(b["power_package"], a["power_package"].iloc[4:].to_numpy())
+        np.testing.assert_allclose(b["cpu_utilization"], a["cpu_utilization"].iloc[:-4].to_numpy())
+    raw_corr = np.corrcoef(df.cpu_utilization, df.power_package)[0, 1]
+    assert np.corrcoef(out.cpu_utilization, out.power_package)[0, 1] > raw_corr + 0.2
+
+
+def test_windows_are_causal_and_never_cross_runs():
+    from vmpower import engineer
+
+    df = lagged_runs(runs=2, n=50)
+    means = engineer.rolling_means(df, ["cpu_utilization"], [5.0])
+    col = means["cpu_utilization_mean5s"].to_numpy()
+    t, u, run = df["time"].to_numpy(), df["cpu_utilization"].to_numpy(), df["run_id"].to_numpy()
+    for i in range(len(df)):  # brute force: same run, time in (t - 5, t]
+        sel = (run == run[i]) & (t > t[i] - 5.0) & (t <= t[i])
+        assert col[i] == pytest.approx(u[sel].mean(), rel=1e-12)
+    # Causal: changing the future never changes the past; the first row of run1 sees only itself.
+    first1 = int(np.flatnonzero(run == "run1")[0])
+    assert col[first1] == pytest.approx(u[first1])
+    changed = df.copy()
+    changed.loc[30:, "cpu_utilization"] += 100.0
+    col2 = engineer.rolling_means(changed, ["cpu_utilization"], [5.0])["cpu_utilization_mean5s"].to_numpy()
+    np.testing.assert_array_equal(col2[:30], col[:30])
+
+
+def test_windowed_features_follow_their_group_and_exclusions():
+    assert train.group_matches("cpu_utilization_mean5s", ["cpu_utilization"])
+    assert not train.group_matches("memory_usage_percent_mean5s", ["cpu_utilization"])
+    assert not train.group_matches("process_count", ["*", "!process_count"])
+    assert not train.group_matches("process_count_mean5s", ["*", "!process_count"])
+
+
+def test_hyperparameter_search_never_sees_held_out_runs(monkeypatch):
+    df = dataset(runs=4)
+    settings = {**CONFIG["train"], "search": {"KNeighborsRegressor": {"n_neighbors": [3, 15]}}, "search_folds": 2}
+    seen = []
+    original = train.search_params
+
+    def spy(trainer, candidates, seed, X, y, groups, n_folds, max_rows):
+        seen.append(set(np.unique(groups).tolist()))
+        return original(trainer, candidates, seed, X, y, groups, n_folds, max_rows)
+
+    monkeypatch.setattr(train, "search_params", spy)
+    _, report, _ = train.train(df, "KNeighborsRegressor", ["cpu_utilization", "memory_usage_percent"], settings, "x")
+    # Per zone: one search per held-out run (on the other 3 runs), then one on all 4 for the final model.
+    assert len(seen) == 2 * 5
+    folds = [s for s in seen if len(s) == 3]
+    assert len(folds) == 8 and {frozenset({0, 1, 2, 3}) - s for s in map(frozenset, folds)} == {frozenset({i}) for i in range(4)}
+    assert report["search"]["grid"] == {"n_neighbors": [3, 15]}
+    assert set(report["chosen_params"]["package"]) >= {"n_neighbors", "weights"}

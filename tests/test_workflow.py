@@ -31,6 +31,9 @@ def small_config(ws):
 DEMO_GROUPS = ["SystemOnly", "Full"]
 DEMO_TRAINERS = ["LinearRegression", "XGBRegressor", "KNeighborsRegressor"]
 N_MODELS = 3 * 2 * len(DEMO_GROUPS) * len(DEMO_TRAINERS)
+# Best held-out MAE per zone, as a multiple of the generator's noise floor (issue 8's target is
+# 1.15; measured: docs/performance.md).
+ACCURACY_X_FLOOR = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +52,10 @@ def test_demo_build_outputs(demo):
     assert set(summary["zone"].dropna()) == {"package", "core", "dram", "uncore"}
     assert len(list((res / "models").glob("*/*/*.zip"))) == N_MODELS
     assert (summary["onnx_max_abs_diff"].dropna() <= 1e-3).all()
-    # Kepler's labels are 5 s averages that lag the 1 s features, so even a model that knows the
-    # true power of each sample window has an error (window_truth_mae). The best models must be
-    # near that and far better than predicting the mean.
+    # Kepler publishes 5 s means late; with kepler_interval alignment each label meets the
+    # features of the interval it describes, so the best model must come near the generator's
+    # noise floor (the error of the true power against the labels) and far below the error a
+    # per-sample model is bounded by (window_truth_mae) and below predicting the mean.
     trained = summary[summary.status == "trained"]
     for nt in best:
         floor = json.loads((demo / "data/raw" / nt / "synth_noise_floor.json").read_text())["zones"]
@@ -61,18 +65,17 @@ def test_demo_build_outputs(demo):
         for zone in ("package", "core", "dram", "uncore"):
             got = m[m.zone == zone].iloc[0]
             mad = (data[f"power_{zone}"] - data[f"power_{zone}"].mean()).abs().mean()
-            assert got["mae"] < 0.6 * mad, (nt, zone, got["mae"], mad)
-            # Lag correction + causal 5 s windows bring the best model below the window-truth
-            # floor (was < 2.5x it before issue 8); the noise floor itself is not reached.
-            assert got["mae"] < 2.5 * floor[zone]["window_truth_mae_watts"], (nt, zone, got["mae"])
-    # Feature engineering: per-run lag in the quality report, windowed inputs in the metadata.
+            assert got["mae"] < 0.3 * mad, (nt, zone, got["mae"], mad)
+            assert got["mae"] < ACCURACY_X_FLOOR * floor[zone]["noise_floor_mae_watts"], (nt, zone, got["mae"])
+            assert got["mae"] < 0.85 * floor[zone]["window_truth_mae_watts"], (nt, zone, got["mae"])
+    # The quality report: Kepler's update interval and the guest clock offset per run (the demo
+    # skews guest clocks by 0.2-0.8 s), and the per-sample lag of the labels.
     q2 = json.loads((res / "merged/demo-epyc/run02-cycling.quality.json").read_text())
+    assert abs(q2["kepler"]["median_interval_seconds"] - 5.0) < 0.05
+    assert q2["kepler"]["offset_trusted"] and q2["kepler"]["offset_correlation"] > 0.95
+    assert abs(q2["kepler"]["clock_offset_seconds"]) <= 1.5
     assert 2.0 <= q2["lag"]["lag_seconds"] <= 10.0 and q2["lag"]["correlation"] > 0.8
-    ds = json.loads((res / "datasets/demo-epyc.summary.json").read_text())
-    assert ds["engineering"]["lag_correction"] and ds["engineering"]["windows_seconds"] == [5.0]
     full = json.loads((res / "models/AbsPower/Full/XGBRegressorTrainer_demo-epyc/metadata.json").read_text())
-    wf = full["feature_engineering"]["windowed_features"]
-    assert wf["cpu_utilization_mean5s"]["base"] == "cpu_utilization" and wf["cpu_utilization_mean5s"]["causal"]
     assert set(full["chosen_params"]["package"]) >= {"max_depth"} and full["search"]["grid"]
     cross = pd.read_csv(res / "cross_node_type.csv")
     assert len(cross) == 3 * 3 * 4 and cross["mae"].notna().all()
@@ -81,7 +84,8 @@ def test_demo_build_outputs(demo):
     iso = json.loads((res / "isolated/demo-epyc/isolation.json").read_text())
     assert iso["method"] == "profile" and iso["idle_runs"] == ["run01-idle"]
     q = json.loads((res / "merged/demo-epyc/run02-cycling.quality.json").read_text())
-    assert q["match_rate"] > 0.95 and q["time_base"] == "naive"
+    # kepler_interval: samples in intervals with a host gap, a missed sample or a run edge are out
+    assert q["match_rate"] > 0.8 and q["time_base"] == "naive" and q["alignment"] == "kepler_interval"
     meta = json.loads((res / "models/AbsPower/Full/LinearRegressionTrainer_demo-epyc/metadata.json").read_text())
     assert meta["machine_spec"]["processor"] and meta["provenance"]["inputs"]
     assert "/tmp" not in json.dumps(meta)  # no absolute paths inside artifacts

@@ -30,6 +30,7 @@ COMMANDS = {
     "train": "vmpower.train",
     "export": "vmpower.export",
     "select": "vmpower.export",
+    "summary": "vmpower.export",
     "report": "vmpower.report",
     "report-paths": "vmpower.report",
     "synth": "vmpower.synth",

@@ -182,6 +182,9 @@ def build_archive(args, settings: dict) -> dict:
                 "metrics": metrics,
                 "evaluation": report["evaluation"],
                 "params": report["params"],
+                # Hyperparameters chosen per zone by the search inside the training split.
+                "chosen_params": report.get("chosen_params"),
+                "search": ({k: v for k, v in report["search"].items() if k != "per_zone"} if report.get("search") else None),
                 "onnx": onnx_info,
             }
         )
@@ -191,6 +194,8 @@ def build_archive(args, settings: dict) -> dict:
     else:
         metadata["reason"] = report.get("reason")
     metadata["feature_report"] = report["feature_report"]
+    # Which inputs are windowed (and how), so an exporter can compute them from raw samples.
+    metadata["feature_engineering"] = report.get("feature_engineering")
     metadata["provenance"] = {
         "inputs": provenance.input_checksums([args.model, args.metrics, args.holdout, *(args.machine_spec or [])]),
         "environment_lock": provenance.input_checksums([args.lock])[Path(args.lock).as_posix()] if args.lock else None,
@@ -295,6 +300,23 @@ def cmd_select(args) -> int:
     return 0
 
 
+def cmd_summary(args) -> int:
+    """The per-node_type selections (export_select) as one summary.csv and best.json."""
+    parts = [pd.read_csv(p) for p in sorted(args.summaries)]
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    best: dict = {}
+    for p in sorted(args.best):
+        for nt, models in json.loads(Path(p).read_text()).items():
+            if nt in best:
+                raise InputError(p, f"node_type {nt} is in more than one selection")
+            best[nt] = models
+    with atomic_path(args.summary_output) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    write_json(dict(sorted(best.items())), args.best_output)
+    print(f"summary of {len(best)} node types -> {args.summary_output}, {args.best_output}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained model to ONNX + a Kepler-compatible archive")
     p.add_argument("--model", required=True)
@@ -310,6 +332,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--archive", required=True)
     p.add_argument("--settings", required=True)
     p.set_defaults(func=cmd_export)
+
+    m = sub.add_parser("summary", help="join the per-node_type selections into summary.csv and best.json")
+    m.add_argument("--summaries", nargs="+", required=True, help="<node_type>.summary.csv files")
+    m.add_argument("--best", nargs="+", required=True, help="<node_type>.best.json files")
+    m.add_argument("--summary-output", required=True)
+    m.add_argument("--best-output", required=True)
+    m.set_defaults(func=cmd_summary)
 
     s = sub.add_parser("select", help="pick the best model per node_type/output type/feature group; write the summary")
     s.add_argument("--models", nargs="+", required=True, help="exported model directories")

@@ -35,6 +35,79 @@ class RawTable:
     notes: dict = field(default_factory=dict)
 
 
+def _json_array_bounds(path: Path, size: int) -> tuple[int, int] | None:
+    """(offset of '[', offset after ']') when the file holds a JSON array, None when it does not
+    start with '['. Reads only the file's head and tail."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip()
+        if head[:1] != b"[":
+            return None
+        start = fh.seek(0) or 0
+        while True:  # leading whitespace can be longer than one chunk
+            chunk = fh.read(1 << 16)
+            stripped = chunk.lstrip()
+            if stripped:
+                start += len(chunk) - len(stripped)
+                break
+            start += len(chunk)
+        end = size
+        while end > start:
+            fh.seek(max(start, end - 4096))
+            tail = fh.read(end - max(start, end - 4096))
+            stripped = tail.rstrip()
+            if stripped:
+                end = end - (len(tail) - len(stripped))
+                break
+            end -= len(tail)
+        fh.seek(end - 1)
+        if fh.read(1) != b"]":
+            raise InputError(path, "truncated JSON array (no closing ']')")
+    return start, end
+
+
+def _read_json_array(path: Path, start: int, end: int) -> pa.Table:
+    """Parse a JSON array file in one columnar pass: the array is wrapped as one object
+    ``{"rows": [...]}`` in a single buffer filled straight from the file (one copy of the input,
+    no Python object per row)."""
+    prefix, suffix = b'{"rows":', b"}\n"
+    n = end - start
+    buf = bytearray(len(prefix) + n + len(suffix))
+    view = memoryview(buf)
+    view[: len(prefix)] = prefix
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        got = fh.readinto(view[len(prefix) : len(prefix) + n])
+    if got != n:
+        raise InputError(path, "file changed while reading")
+    view[len(prefix) + n :] = suffix
+    del view
+    if len(buf) >= 2**31 - 1:
+        raise InputError(path, "JSON array larger than 2 GiB: write JSON Lines instead")
+    try:
+        table = pajson.read_json(
+            pa.BufferReader(pa.py_buffer(buf)),
+            read_options=pajson.ReadOptions(block_size=len(buf) + 1, use_threads=False),
+            parse_options=pajson.ParseOptions(newlines_in_values=True),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(path, f"malformed JSON array ({_short(exc)})") from None
+    del buf
+    rows = table.column("rows").combine_chunks()
+    if len(rows) == 0 or rows.type.value_type.num_fields == 0:
+        raise InputError(path, "JSON array holds no samples")
+    return pa.Table.from_struct_array(rows.flatten())
+
+
+def _read_json_file(path: Path) -> tuple[pa.Table, dict]:
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(path, "empty file")
+    bounds = _json_array_bounds(path, size)
+    if bounds is not None:
+        return _read_json_array(path, *bounds), {}
+    return _read_json_bytes(path, path.read_bytes())
+
+
 def _read_json_bytes(path: Path, data: bytes) -> tuple[pa.Table, dict]:
     notes: dict = {}
     stripped = data.strip()
@@ -98,18 +171,21 @@ def _to_frame(table: pa.Table, drop: tuple[str, ...] = ()) -> pd.DataFrame:
     # Nested values (lists, structs) are bookkeeping, not features.
     nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
     table = table.drop_columns(nested)
-    df = table.to_pandas()
-    for name in df.columns:
-        if df[name].dtype == bool or pd.api.types.is_numeric_dtype(df[name].dtype):
-            df[name] = df[name].astype("float64")
-    return df
+    # Numbers and booleans become float64 in Arrow (one pass, no pandas copy per column).
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
+    columns = [
+        col.cast(pa.float64()) if any(test(col.type) for test in numeric) and col.type != pa.float64() else col
+        for col in table.columns
+    ]
+    table = pa.Table.from_arrays(columns, names=table.column_names)
+    return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def read_vm_features(path: str | Path) -> RawTable:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
-    table, notes = _read_json_bytes(path, path.read_bytes())
+    table, notes = _read_json_file(path)
     df = _to_frame(table)
     # All-null columns come back as object dtype; they are numeric features that were absent.
     for name in df.columns:
@@ -123,19 +199,34 @@ def read_host_power(path: str | Path) -> RawTable:
     if not path.exists():
         raise InputError(path, "file not found")
     if path.suffix == ".json":
-        table, notes = _read_json_bytes(path, path.read_bytes())
+        table, notes = _read_json_file(path)
         return RawTable(path, _to_frame(table, drop=HOST_DROP), notes)
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
-    try:
-        table = pacsv.read_csv(
+    with open(path, "rb") as fh:
+        header = fh.readline().decode("utf-8", "replace").strip()
+    names = [h.strip().strip('"') for h in header.split(",")]
+    keep = [n for n in names if n not in HOST_DROP] or None
+
+    def read(iso_type):
+        return pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(use_threads=True, block_size=1 << 24),
             convert_options=pacsv.ConvertOptions(
-                column_types={"timestamp_iso": pa.string(), "vm_filter": pa.string()},
+                column_types={"timestamp_iso": iso_type, "vm_filter": pa.string()},
                 strings_can_be_null=True,
+                include_columns=keep,
+                include_missing_columns=True,
             ),
         )
+
+    try:
+        try:
+            # Naive ISO times parsed by Arrow's C++ parser (no Python string per row); any
+            # other form (offsets, bad values) is read as text and checked by naive_seconds.
+            table = read(pa.timestamp("ns"))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            table = read(pa.string())
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InputError(path, f"malformed CSV ({_short(exc)})") from None
     if table.num_rows == 0:
@@ -152,6 +243,11 @@ _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}")
 
 def naive_seconds(iso: pd.Series, path: Path) -> np.ndarray:
     """Naive ISO wall-clock strings to float seconds on the same naive scale (not epoch)."""
+    if pd.api.types.is_datetime64_dtype(iso.dtype):
+        return _ns_seconds(iso.astype("datetime64[ns]").to_numpy())
+    fast = _arrow_naive(iso)
+    if fast is not None:
+        return fast
     values = iso.astype("string")
     bad = ~values.str.match(_ISO).fillna(False)
     if bad.any():
@@ -161,7 +257,28 @@ def naive_seconds(iso: pd.Series, path: Path) -> np.ndarray:
     if getattr(stamps.dt, "tz", None) is not None:
         # An offset-aware ISO string is an absolute time; compare it on the UTC scale.
         stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
-    return (stamps.astype("datetime64[ns]").to_numpy().astype("int64") / 1e9).astype("float64")
+    return _ns_seconds(stamps.astype("datetime64[ns]").to_numpy())
+
+
+def _ns_seconds(stamps: np.ndarray) -> np.ndarray:
+    return (stamps.astype("int64") / 1e9).astype("float64")
+
+
+def _arrow_naive(iso: pd.Series) -> np.ndarray | None:
+    """Naive 'YYYY-mm-dd[T ]HH:MM:SS[.f]' strings parsed by Arrow (C++); None when any value is
+    something else (offsets, missing, malformed), which the checked pandas path then reports."""
+    import pyarrow.compute as pc
+
+    try:
+        arr = pa.array(iso, type=pa.string(), from_pandas=True)
+        if arr.null_count or len(arr) == 0:
+            return None
+        if pc.min(pc.utf8_length(arr)).as_py() < 19:
+            return None
+        stamps = arr.cast(pa.timestamp("ns"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return _ns_seconds(stamps.to_numpy(zero_copy_only=False))
 
 
 def time_columns(raw: RawTable) -> dict[str, np.ndarray]:

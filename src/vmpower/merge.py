@@ -4,9 +4,13 @@ Alignment is on absolute time (epoch when both files carry it, else naive local 
 both sides), never on the collectors' relative ``timestamp`` fields. Two modes:
 
 * ``window``  – mean of the host samples inside each VM sample's window ``(t - dt, t]``;
-* ``nearest`` – the nearest host sample within ``time_tolerance`` (the original method).
+* ``nearest`` – the nearest host sample within ``time_tolerance`` (the original method);
+* ``kepler_interval`` – one row per Kepler update: Kepler publishes a VM's power about every
+  5 s as the mean over the interval since its previous update, so the update times are read off
+  the host file (where the values step), each label is paired with the VM features averaged
+  over exactly the interval it describes, and the guest/host clock offset is estimated per run.
 
-Both are vectorised with ``searchsorted`` over the sorted host times: O((n + m) log m).
+All are vectorised with ``searchsorted`` over the sorted host times: O((n + m) log m).
 """
 
 from __future__ import annotations
@@ -50,13 +54,23 @@ class MergeSettings:
     cumulative_features: list[str] = field(default_factory=list)
     non_features: list[str] = field(default_factory=list)
     perf_features: list[str] = field(default_factory=list)
+    # Lag estimate recorded in the quality report (features.lag_*; vmpower.engineer).
+    lag_feature: str = "cpu_utilization"
+    # kepler_interval alignment (see kepler_intervals()).
+    offset_search_seconds: float = 2.0
+    offset_step_seconds: float = 0.05
+    min_interval_coverage: float = 0.9
+    min_offset_correlation: float = 0.8
+    max_update_uncertainty: float = 0.5
+    lag_zone: str = "package"
+    max_lag_seconds: float = 15.0
 
     @classmethod
     def from_config(cls, cfg: dict) -> "MergeSettings":
         """From a whole config.yaml (nested sections) or the workflow's flattened --settings."""
         known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in cfg.items() if k in known}
-        for section in ("ingest", "merge"):
+        for section in ("ingest", "merge", "features"):
             values.update({k: v for k, v in cfg.get(section, {}).items() if k in known})
         return cls(**values)
 
@@ -168,6 +182,102 @@ def align_nearest(t_vm, t_host, power, tolerance):
     return values, ok.astype("int64")
 
 
+# ---------------------------------------------------------------- Kepler update intervals
+
+
+def kepler_updates(t_host: np.ndarray, power: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kepler's update times as seen in a host file sampled faster than Kepler updates: the
+    host samples where any zone's value steps. Returns (update time estimate, its uncertainty,
+    the value published); the update happened between the previous sample and this one."""
+    k = np.flatnonzero(np.any(power[1:] != power[:-1], axis=1)) + 1
+    return 0.5 * (t_host[k - 1] + t_host[k]), t_host[k] - t_host[k - 1], power[k]
+
+
+def interval_means(a: np.ndarray, b: np.ndarray, values: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    """Time-weighted means over (lo, hi] of values that hold over the sample windows (a, b]
+    (sorted, non-overlapping; NaN rows count as not covered). Returns (means, covered seconds)."""
+    ok = np.isfinite(values).all(axis=1)
+    width = np.where(ok, b - a, 0.0)
+    v = np.where(ok[:, None], values, 0.0)
+    cum_v = np.vstack([np.zeros((1, v.shape[1])), np.cumsum(v * width[:, None], axis=0)])
+    cum_w = np.concatenate([[0.0], np.cumsum(width)])
+
+    def integral(x):
+        i = np.searchsorted(b, x, side="left")  # windows ending before x count fully
+        j = np.minimum(i, len(b) - 1)
+        part = np.where(i < len(b), np.clip(x - a[j], 0.0, (b - a)[j]), 0.0) * ok[j]
+        return cum_v[i] + v[j] * part[:, None], cum_w[i] + part
+
+    (v_hi, w_hi), (v_lo, w_lo) = integral(hi), integral(lo)
+    covered = w_hi - w_lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (v_hi - v_lo) / covered[:, None], covered
+
+
+def _corr_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of x with y (NaN entries ignored per row)."""
+    ok = np.isfinite(x) & np.isfinite(y)[None, :]
+    n = ok.sum(axis=1)
+    xs, ys = np.where(ok, x, 0.0), np.where(ok, y[None, :], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx, my = xs.sum(1) / n, ys.sum(1) / n
+        cov = (xs * ys).sum(1) / n - mx * my
+        vx = (xs * xs).sum(1) / n - mx * mx
+        vy = (ys * ys).sum(1) / n - my * my
+        return np.where(n >= 10, cov / np.sqrt(vx * vy), np.nan)
+
+
+def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, lag_col: int | None, s):
+    """Pair each Kepler update with the VM features averaged over the interval it describes.
+
+    Intervals (u[j-1], u[j]] come from kepler_updates; one is used when both ends are known to
+    within ``max_update_uncertainty`` s, its length is within 0.5-1.5x the median (a missed
+    update or a host gap makes it irregular), and VM samples cover ``min_interval_coverage`` of
+    it. The guest clock offset is the shift in +-``offset_search_seconds`` that best correlates
+    the interval means of ``lag_feature`` with the ``lag_zone`` labels (0 when that correlation
+    stays below ``min_offset_correlation``)."""
+    u, unc, value = kepler_updates(t_host, power)
+    info = {"updates": int(len(u))}
+    if len(u) < 3:
+        return None, info
+    lo, hi, label = u[:-1], u[1:], value[1:]
+    length = hi - lo
+    med = float(np.median(length))
+    info["median_interval_seconds"] = round(med, 6)
+    if med < 2.0 * float(np.median(dt_vm)):
+        return None, info
+    regular = (length >= 0.5 * med) & (length <= 1.5 * med)
+    certain = (unc[:-1] <= float(s.max_update_uncertainty)) & (unc[1:] <= float(s.max_update_uncertainty))
+    a, b = t_vm - dt_vm, t_vm
+    offsets = np.array([0.0])
+    if lag_col is not None and float(s.offset_search_seconds) > 0:
+        step = float(s.offset_step_seconds)
+        n = int(round(float(s.offset_search_seconds) / step))
+        offsets = step * np.arange(-n, n + 1)
+        x = np.stack([interval_means(a + d, b + d, feats[:, [lag_col]], lo, hi)[0][:, 0] for d in offsets])
+        x[:, ~(regular & certain)] = np.nan
+        corr = _corr_rows(x, label[:, ref])
+        best = int(np.nanargmax(corr)) if np.isfinite(corr).any() else n
+        info.update({"offset_correlation": None if not np.isfinite(corr[best]) else round(float(corr[best]), 6),
+                     "offset_correlation_at_zero": None if not np.isfinite(corr[n]) else round(float(corr[n]), 6)})
+        # A flat correlation (an idle run: the labels are mostly noise) says nothing about the clocks.
+        trusted = np.isfinite(corr[best]) and corr[best] >= float(s.min_offset_correlation)
+        offset = float(offsets[best]) if trusted else 0.0
+        info["offset_trusted"] = bool(trusted)
+    else:
+        offset = 0.0
+    means, covered = interval_means(a + offset, b + offset, feats, lo, hi)
+    coverage = covered / length
+    info.update({"clock_offset_seconds": round(offset, 6), "median_interval_seconds": round(med, 6),
+                 "update_uncertainty_median_seconds": round(float(np.median(unc)), 6)})
+    reason = np.full(len(lo), None, dtype=object)
+    reason[coverage < float(s.min_interval_coverage)] = "low_vm_coverage"
+    reason[~regular] = "irregular_interval"
+    reason[~certain] = "uncertain_update_time"
+    return {"lo": lo, "hi": hi, "label": label, "means": means, "coverage": coverage, "reason": reason,
+            "offset": offset, "uncertainty": np.maximum(unc[:-1], unc[1:])}, info
+
+
 # ---------------------------------------------------------------- one run
 
 
@@ -180,6 +290,32 @@ def _choose_base(vm_times: dict, host_times: dict, vm_path: Path, host_path: Pat
         f"cannot align with {vm_path.name}: VM has {'/'.join(vm_times)} time, host has {'/'.join(host_times)} time "
         "(need timestamp_absolute on both, or timestamp_iso on both)",
     )
+
+
+def _quality(vm_raw, host_raw, s, base, clocks, t_vm, dt_vm, t_host, zones, feature_names, vm_notes, fields) -> dict:
+    """A run's quality report: what every alignment reports, plus its own ``fields``."""
+    quality = {
+        "vm_file": vm_raw.path.name,
+        "host_file": host_raw.path.name,
+        "alignment": s.alignment,
+        "time_base": base,
+        "vm_samples": len(t_vm),
+        "host_samples": int(len(t_host)),
+        **fields,
+        "vm_span_seconds": float(t_vm[-1] - t_vm[0]),
+        "host_span_seconds": float(t_host[-1] - t_host[0]),
+        "overlap_seconds": float(min(t_vm[-1], t_host[-1]) - max(t_vm[0] - dt_vm[0], t_host[0])),
+        "vm_clock_offset_seconds": float(s.vm_clock_offset_seconds),
+        "zones": zones,
+        "features": feature_names,
+        **{f"vm_{k}" if not k.startswith("vm_") else k: v for k, v in {**vm_raw.notes, **vm_notes}.items()},
+        **host_raw.notes,
+    }
+    # Local time-zone offsets (naive wall clock minus epoch) where a file carries both clocks.
+    for side, times in zip(("vm", "host"), clocks):
+        if "epoch" in times and "naive" in times:
+            quality[f"{side}_utc_offset_seconds"] = float(np.median(times["naive"] - times["epoch"]))
+    return quality
 
 
 def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]:
@@ -230,8 +366,11 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
     elif s.alignment == "nearest":
         values, count = align_nearest(t_vm, t_host, power, float(s.time_tolerance))
         matched = count > 0
+    elif s.alignment == "kepler_interval":
+        return _merge_intervals(vm_path, host_path, vm_raw, host_raw, feats, feature_names, vm_notes, zones,
+                                t_vm, dt_vm, t_host, power, base, (vm_times, host_times), s)
     else:
-        raise InputError(vm_path, f"unknown alignment mode {s.alignment!r} (window or nearest)")
+        raise InputError(vm_path, f"unknown alignment mode {s.alignment!r} (window, nearest or kepler_interval)")
     time_diff = np.abs(t_host[nearest_index(t_vm, t_host)] - t_vm)
 
     drop = feats.pop("_drop")
@@ -264,31 +403,14 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
 
     n_vm = len(t_vm)
     n_matched = int(matched.sum())
-    quality = {
-        "vm_file": vm_path.name,
-        "host_file": host_path.name,
-        "alignment": s.alignment,
-        "time_base": base,
-        "vm_samples": n_vm,
-        "host_samples": int(len(t_host)),
+    clocks = (vm_times, host_times)
+    quality = _quality(vm_raw, host_raw, s, base, clocks, t_vm, dt_vm, t_host, zones, feature_names, vm_notes, {
         "rows_kept": int(keep.sum()),
         "match_rate": n_matched / n_vm if n_vm else 0.0,
         "rows_dropped": {k: int(v) for k, v in reason.value_counts().sort_index().items()},
         "time_diff_mean": float(time_diff[matched].mean()) if n_matched else None,
         "time_diff_max": float(time_diff[matched].max()) if n_matched else None,
-        "vm_span_seconds": float(t_vm[-1] - t_vm[0]),
-        "host_span_seconds": float(t_host[-1] - t_host[0]),
-        "overlap_seconds": float(min(t_vm[-1], t_host[-1]) - max(t_vm[0] - dt_vm[0], t_host[0])),
-        "vm_clock_offset_seconds": float(s.vm_clock_offset_seconds),
-        "zones": zones,
-        "features": feature_names,
-        **{f"vm_{k}" if not k.startswith("vm_") else k: v for k, v in {**vm_raw.notes, **vm_notes}.items()},
-        **host_raw.notes,
-    }
-    # Local time-zone offsets (naive wall clock minus epoch) where a file carries both clocks.
-    for side, times in (("vm", vm_times), ("host", host_times)):
-        if "epoch" in times and "naive" in times:
-            quality[f"{side}_utc_offset_seconds"] = float(np.median(times["naive"] - times["epoch"]))
+    })
     if quality["match_rate"] < float(s.min_match_rate):
         raise InputError(
             vm_path,
@@ -297,6 +419,94 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
         )
     if out.empty:
         raise InputError(vm_path, f"no rows left after merging with {host_path.name}: {quality['rows_dropped']}")
+    quality["lag"] = _lag(out, s)
+    return out, quality
+
+
+def _lag(frame: pd.DataFrame, s: MergeSettings) -> dict:
+    from vmpower import engineer
+
+    return engineer.run_lag(frame, {"lag_feature": s.lag_feature, "lag_zone": s.lag_zone,
+                                    "max_lag_seconds": s.max_lag_seconds})
+
+
+def _workload(vm_raw) -> pd.Series:
+    df = vm_raw.df
+    if "stress_workload" in df:
+        return df["stress_workload"].astype("string").fillna("unknown").reset_index(drop=True)
+    return pd.Series("unknown", index=range(len(df)), dtype="string")
+
+
+def _merge_intervals(vm_path, host_path, vm_raw, host_raw, feats, feature_names, vm_notes, zones,
+                     t_vm, dt_vm, t_host, power, base, clocks, s) -> tuple[pd.DataFrame, dict]:
+    """merge_run for alignment kepler_interval: one row per usable Kepler update interval."""
+    drop = feats.pop("_drop")
+    values = feats.to_numpy("float64")
+    values[drop.notna().to_numpy()] = np.nan  # rate warm-up/gap samples cover nothing
+    # Perf counters absent for the whole run are NaN everywhere: average the other features and
+    # leave those NaN, rather than treating every sample as uncovered.
+    present = ~np.isnan(values).all(axis=0)
+    ref = zones.index(s.power_zone)
+    lag_col = feature_names.index(s.lag_feature) if s.lag_feature in feature_names and present[feature_names.index(s.lag_feature)] else None
+    lag_zone = zones.index(s.lag_zone) if s.lag_zone in zones else ref
+    cols = np.flatnonzero(present)
+    lag_sub = None if lag_col is None else int(np.flatnonzero(cols == lag_col)[0])
+    iv, kinfo = kepler_intervals(t_vm, dt_vm, values[:, cols], t_host, power, lag_zone, lag_sub, s)
+    if iv is None:
+        if kinfo["updates"] < 3:
+            problem = f"only {kinfo['updates']} Kepler updates (value steps) found"
+        else:
+            problem = (f"power changes every {kinfo['median_interval_seconds']:g} s, not in Kepler's stepwise "
+                       f"updates slower than the VM samples ({float(np.median(dt_vm)):g} s)")
+        raise InputError(host_path, f"{problem}: cannot use merge.alignment kepler_interval (use window)")
+    means = np.full((len(iv["lo"]), values.shape[1]), np.nan)
+    means[:, cols] = iv["means"]
+    reason = pd.Series(iv["reason"], dtype="string")
+    reason[reason.isna() & (iv["label"][:, ref] < float(s.min_power_threshold))] = "below_min_power"
+    keep = reason.isna().to_numpy()
+
+    # Workload of the VM sample covering each interval's end (host clock -> guest clock).
+    wl = _workload(vm_raw)
+    idx = np.clip(np.searchsorted(t_vm, iv["hi"] - iv["offset"], side="left"), 0, len(t_vm) - 1)
+    count = np.searchsorted(t_host, iv["hi"], side="right") - np.searchsorted(t_host, iv["lo"], side="right")
+    out = pd.DataFrame({
+        "time": iv["hi"] - iv["offset"],  # the interval's end on the guest clock
+        "t_rel": iv["hi"] - iv["offset"] - t_vm[0],
+        "time_delta_seconds": iv["hi"] - iv["lo"],
+        "stress_workload": wl.iloc[idx].reset_index(drop=True),
+    })
+    out = pd.concat([out, pd.DataFrame(means, columns=feature_names)], axis=1)
+    for i, z in enumerate(zones):
+        out[f"power_{z}"] = iv["label"][:, i]
+    out["n_host_samples"] = count.astype("int64")
+    out["time_diff"] = iv["uncertainty"]
+    out = out.loc[keep].reset_index(drop=True)
+
+    # VM samples whose window lies inside a kept interval (the match rate of this mode).
+    lo_k, hi_k = iv["lo"][keep] - iv["offset"], iv["hi"][keep] - iv["offset"]
+    j = np.searchsorted(hi_k, t_vm, side="left")
+    inside = (j < len(hi_k)) & (t_vm - dt_vm >= lo_k[np.minimum(j, len(lo_k) - 1)] - 0.5 * dt_vm)
+    n_vm = len(t_vm)
+    quality = _quality(vm_raw, host_raw, s, base, clocks, t_vm, dt_vm, t_host, zones, feature_names, vm_notes, {
+        "rows_kept": int(keep.sum()),
+        "intervals": int(len(keep)),
+        "match_rate": float(inside.sum()) / n_vm if n_vm else 0.0,
+        "rows_dropped": {k: int(v) for k, v in reason.value_counts().sort_index().items()},
+        "time_diff_mean": float(iv["uncertainty"][keep].mean()) if keep.any() else None,
+        "time_diff_max": float(iv["uncertainty"][keep].max()) if keep.any() else None,
+        "interval_coverage_mean": float(iv["coverage"][keep].mean()) if keep.any() else None,
+        "kepler": kinfo,
+    })
+    if quality["match_rate"] < float(s.min_match_rate):
+        raise InputError(vm_path, f"only {quality['match_rate']:.0%} of VM samples fall in usable Kepler intervals "
+                                  f"of {host_path.name} (minimum {float(s.min_match_rate):.0%}): {quality['rows_dropped']}")
+    if out.empty:
+        raise InputError(vm_path, f"no rows left after merging with {host_path.name}: {quality['rows_dropped']}")
+    # The per-sample lag (for the quality report): how late the labels are against the features.
+    sample_power, n = align_window(t_vm, dt_vm, t_host, power)
+    lag_frame = pd.DataFrame({"time": t_vm, **dict(zip(feature_names, values.T)),
+                              **{f"power_{z}": sample_power[:, i] for i, z in enumerate(zones)}})[n > 0]
+    quality["lag"] = _lag(lag_frame, s)
     return out, quality
 
 
@@ -376,6 +586,18 @@ def cmd_dataset(args) -> int:
         with open(q) as fh:
             qualities[Path(q).name.removesuffix(".quality.json")] = json.load(fh)
     summary["run_quality"] = qualities
+    # Feature engineering (vmpower.engineer): lag-corrected labels and causal windowed features.
+    from vmpower import engineer
+
+    eng = engineer.settings_from(json.loads(args.settings) if args.settings else {})
+    if eng["lag_correction"] or eng["windows"]:
+        features = [c for c in data.columns if c not in ("run_id", "time", "t_rel", "time_delta_seconds",
+                    "stress_workload", "n_host_samples", "time_diff") and not c.startswith("power_")
+                    and pd.api.types.is_float_dtype(data[c].dtype)]
+        data, report = engineer.engineer(data, features, eng, {r: q.get("lag") for r, q in qualities.items()})
+        data = data[[c for c in data.columns if c not in ("n_host_samples", "time_diff")] + ["n_host_samples", "time_diff"]]
+        summary["engineering"] = report
+        summary["rows"] = int(len(data))
     write_parquet(data, args.output)
     write_json(summary, args.summary)
     return 0

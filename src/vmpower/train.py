@@ -59,6 +59,22 @@ def candidate_features(df: pd.DataFrame) -> list[str]:
     ]
 
 
+def group_matches(name: str, patterns: list[str]) -> bool:
+    """Whether a column belongs to a feature group: it (or, for an engineered window
+    ``<base>_mean<w>s``, its base feature) matches an entry, and no ``!pattern`` entry excludes it."""
+    from vmpower.engineer import window_base
+
+    names = [name]
+    wb = window_base(name)
+    if wb:
+        names.append(wb[0])
+    include = [p for p in patterns if not p.startswith("!")]
+    exclude = [p[1:] for p in patterns if p.startswith("!")]
+    if any(fnmatch.fnmatchcase(n, p) for n in names for p in exclude):
+        return False
+    return any(fnmatch.fnmatchcase(n, p) for n in names for p in include)
+
+
 def select_features(df: pd.DataFrame, patterns: list[str], max_missing: float) -> tuple[list[str], pd.Series, dict]:
     """Resolve a feature group against the data. Returns (features, usable-row mask, report).
 
@@ -66,7 +82,7 @@ def select_features(df: pd.DataFrame, patterns: list[str], max_missing: float) -
     remaining feature are left out; features constant over the usable rows carry no signal
     (e.g. perf counters that read 0 all run) and are dropped too."""
     cands = candidate_features(df)
-    chosen = [c for c in cands if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+    chosen = [c for c in cands if group_matches(c, patterns)]
     report: dict = {"requested": list(patterns), "dropped": {}}
     missing_frac = df[chosen].isna().mean()
     too_sparse = [c for c in chosen if missing_frac[c] > max_missing]
@@ -127,20 +143,67 @@ def zone_metrics(y: np.ndarray, pred: np.ndarray, mape_floor: float) -> dict:
     }
 
 
-def fit_zone(trainer, params, seed, X, y, folds, max_rows):
-    """Cross-validated predictions on held-out rows, then the final model on all rows."""
+def param_grid(base: dict, grid: dict) -> list[dict]:
+    """base params overlaid with every combination of the grid (sorted keys, config order)."""
+    import itertools
+
+    keys = sorted(grid)
+    combos = itertools.product(*(list(grid[k]) for k in keys)) if keys else [()]
+    return [{**base, **dict(zip(keys, c))} for c in combos]
+
+
+def search_params(trainer, candidates, seed, X, y, groups, n_folds, max_rows) -> tuple[dict, list]:
+    """Pick the candidate with the lowest mean MAE over run-grouped inner folds of (X, y) (the
+    rows of one training split only). Ties go to the earlier candidate. Returns (params, scores)."""
+    if len(candidates) == 1:
+        return candidates[0], []
+    runs = np.unique(groups)
+    if len(runs) >= 2:
+        k = min(len(runs), max(int(n_folds), 2))
+        fold_of_row = np.searchsorted(runs, groups) % k
+    else:  # one run: its last part by time (rows are time-ordered within a run)
+        k, fold_of_row = 1, np.where(np.arange(len(y)) >= 0.8 * len(y), 0, -1)
+    scores = []
+    for params in candidates:
+        errs = []
+        for f in range(k):
+            test = fold_of_row == f
+            tr = np.flatnonzero(~test)
+            tr = tr[even_subsample(len(tr), max_rows)]
+            model = make_pipeline(trainer, params, seed).fit(X[tr], y[tr])
+            errs.append(float(np.abs(model.predict(X[test]) - y[test]).mean()))
+        scores.append(float(np.mean(errs)))
+    return candidates[int(np.argmin(scores))], scores
+
+
+def fit_zone(trainer, params, seed, X, y, folds, max_rows, groups=None, grid=None, search_folds=3, search_rows=0):
+    """Cross-validated predictions on held-out rows, then the final model on all rows.
+
+    With a grid, the parameters are searched inside each training split only (run-grouped
+    inner folds over the training runs: held-out runs are never seen), and again over all rows
+    for the final model. Returns (final model, predictions, search report)."""
+    candidates = param_grid(params, grid or {})
+    groups = np.zeros(len(y), dtype="int64") if groups is None else groups
+    search_rows = int(search_rows) or int(max_rows)
     pred = np.full(len(y), np.nan)
+    chosen_per_fold = []
     for f in np.unique(folds[folds >= 0]):
         test = folds == f
         train_idx = np.flatnonzero(~test)
         if len(train_idx) == 0:
             continue
+        best, _ = search_params(trainer, candidates, seed, X[train_idx], y[train_idx], groups[train_idx],
+                                search_folds, search_rows)
+        chosen_per_fold.append({k: best[k] for k in sorted(grid or {})})
         train_idx = train_idx[even_subsample(len(train_idx), max_rows)]
-        model = make_pipeline(trainer, params, seed).fit(X[train_idx], y[train_idx])
+        model = make_pipeline(trainer, best, seed).fit(X[train_idx], y[train_idx])
         pred[test] = model.predict(X[test])
+    best, scores = search_params(trainer, candidates, seed, X, y, groups, search_folds, search_rows)
     final_idx = even_subsample(len(y), max_rows)
-    final = make_pipeline(trainer, params, seed).fit(X[final_idx], y[final_idx])
-    return final, pred
+    final = make_pipeline(trainer, best, seed).fit(X[final_idx], y[final_idx])
+    search = {"params": best, "per_fold": chosen_per_fold,
+              "final_scores": [{"params": {k: c[k] for k in sorted(grid or {})}, "mae": sc} for c, sc in zip(candidates, scores)]}
+    return final, pred, search
 
 
 def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: dict, path: str) -> tuple[dict, dict, pd.DataFrame]:
@@ -156,22 +219,35 @@ def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: dict, p
     folds, scheme = holdout_folds(data, int(settings["max_folds"]), float(settings["holdout_fraction"]))
     X = data[features].to_numpy("float64")
     params = dict(settings.get("params", {}).get(trainer, {}))
+    grid = dict((settings.get("search") or {}).get(trainer, {}))
     seed = int(settings["seed"])
-    models, metrics = {}, {}
+    models, metrics, searched = {}, {}, {}
     held = folds >= 0
     holdout = data.loc[held, ["run_id", "time", "t_rel", "stress_workload", *features]].reset_index(drop=True)
+    groups = pd.factorize(data["run_id"], sort=True)[0].astype("int64")
     for zone in zones:
         y = data[f"power_{zone}"].to_numpy("float64")
-        model, pred = fit_zone(trainer, params, seed, X, y, folds, int(settings.get("max_train_rows", 0)))
+        model, pred, searched[zone] = fit_zone(
+            trainer, params, seed, X, y, folds, int(settings.get("max_train_rows", 0)), groups=groups, grid=grid,
+            search_folds=int(settings.get("search_folds", 3)), search_rows=int(settings.get("search_max_rows", 0)),
+        )
         models[zone] = model
         metrics[zone] = zone_metrics(y[held], pred[held], float(settings["mape_floor_watts"]))
         holdout[f"power_{zone}"] = y[held]
         holdout[f"pred_{zone}"] = pred[held]
+    from vmpower import engineer
+
     report = {
         **base,
+        "feature_engineering": engineer.describe(features, engineer.settings_from(settings.get("engineering") or {})),
         "status": "trained",
         "trainer": trainer,
         "params": params,
+        "search": {"grid": grid, "inner_folds": int(settings.get("search_folds", 3)),
+                   "scheme": "inside each training split: run-grouped inner folds over its training runs",
+                   "chosen": {z: v["params"] for z, v in searched.items()},
+                   "per_zone": searched} if grid else None,
+        "chosen_params": {z: v["params"] for z, v in searched.items()},
         "seed": seed,
         "evaluation": scheme,
         "rows_train": int(len(data)),
@@ -202,7 +278,67 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- cross-node_type check
+
+
+def cross_node_type(models: dict[str, str], metrics: dict[str, str], datasets: dict[str, str]) -> pd.DataFrame:
+    """MAE of each node_type's model on every node_type's data. The diagonal is the model's own
+    held-out (leave-one-run-out) MAE; off the diagonal every row of the other node_type is unseen.
+    ``ratio`` = MAE / the evaluated node_type's own held-out MAE (1 = as good as its own model)."""
+    import joblib
+
+    own = {}
+    for nt, path in metrics.items():
+        rep = json.loads(open(path).read())
+        own[nt] = {z: m["mae"] for z, m in rep.get("metrics", {}).items()}
+    rows = []
+    for src in sorted(models):
+        bundle = joblib.load(models[src])
+        feats = bundle["features"]
+        for dst in sorted(datasets):
+            df = pd.read_parquet(datasets[dst])
+            missing = [f for f in feats if f not in df.columns]
+            for zone in bundle["zones"]:
+                row = {"trained_on": src, "evaluated_on": dst, "zone": zone}
+                if src == dst:
+                    row.update({"mae": own[src].get(zone), "rows": None, "kind": "held-out runs"})
+                elif missing or f"power_{zone}" not in df.columns:
+                    row.update({"mae": None, "rows": 0,
+                                "kind": f"missing {', '.join(missing[:3]) or 'zone'}"})
+                else:
+                    ok = df[feats].notna().all(axis=1) & df[f"power_{zone}"].notna()
+                    X = df.loc[ok, feats].to_numpy("float64")
+                    y = df.loc[ok, f"power_{zone}"].to_numpy("float64")
+                    pred = bundle["models"][zone].predict(X)
+                    row.update({"mae": float(np.abs(pred - y).mean()), "rows": int(ok.sum()), "kind": "all rows"})
+                base = own.get(dst, {}).get(zone)
+                row["ratio"] = row["mae"] / base if row["mae"] is not None and base else None
+                rows.append(row)
+    return pd.DataFrame(rows, columns=["trained_on", "evaluated_on", "zone", "mae", "ratio", "rows", "kind"])
+
+
+def cmd_cross(args) -> int:
+    names = args.node_types
+    table = cross_node_type(dict(zip(names, args.models)), dict(zip(names, args.metrics)), dict(zip(names, args.datasets)))
+    table.insert(0, "model", args.model_name)
+    with atomic_path(args.output) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    pkg = table[table.zone == table.zone.iloc[0]] if len(table) else table
+    if len(pkg):
+        print(pkg.pivot(index="trained_on", columns="evaluated_on", values="mae").round(2).to_string())
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("train-cross", help="matrix: a node_type's model evaluated on every node_type's data")
+    c.add_argument("--node-types", nargs="+", required=True)
+    c.add_argument("--models", nargs="+", required=True, help="model.joblib per node_type (same order)")
+    c.add_argument("--metrics", nargs="+", required=True, help="metrics.json per node_type (same order)")
+    c.add_argument("--datasets", nargs="+", required=True, help="isolated dataset per node_type (same order)")
+    c.add_argument("--model-name", required=True, help="<output_type>/<feature_group>/<trainer> compared")
+    c.add_argument("--output", required=True, help="cross_node_type.csv")
+    c.set_defaults(func=cmd_cross)
+
     p = sub.add_parser("train", help="train one trainer for all zones of a node_type/output type/feature group")
     p.add_argument("--dataset", required=True, help="isolated dataset (AbsPower or DynPower parquet)")
     p.add_argument("--node-type", required=True)

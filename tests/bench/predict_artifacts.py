@@ -39,6 +39,9 @@ def build(root: Path) -> dict:
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg["synth"]["node_types"] = {NODE_TYPE: cfg["synth"]["node_types"][NODE_TYPE]}
     cfg["synth"]["runs"] = RUNS
+    # Per-sample rows (not one per Kepler interval), so predict's per-sample features can be
+    # compared row by row with the merged training data.
+    cfg["merge"]["alignment"] = "window"
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     raw, res = root / "data" / "raw", root / "results"

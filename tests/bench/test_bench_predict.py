@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,28 +16,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench import results
 from bench.predict_artifacts import build
 from vmpower import predict
 
 pytestmark = pytest.mark.benchmark
 
 OUT = Path("results/bench/predict.json")
+
 SCRAPE_SECONDS = float(os.environ.get("VMPOWER_BENCH_SCRAPE_SECONDS", "60"))
 SCRAPE_RATE = 100.0
 KEYS = {
     "gbr": ("AbsPower", "SystemOnly", "GradientBoostingRegressor"),
     "linear": ("AbsPower", "SystemOnly", "LinearRegression"),
 }
-_lock = threading.Lock()
 
 
 def record(section: str, values: dict) -> None:
-    with _lock:
-        data = json.loads(OUT.read_text()) if OUT.exists() else {}
-        data[section] = values
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    print(f"\n{section}: {json.dumps(values)}")
+    results.record(OUT, section, values)
 
 
 def stats_ms(seconds) -> dict:
