@@ -91,5 +91,5 @@ if __name__ == "__main__":
     trainers = sys.argv[2].split(",") if len(sys.argv) > 2 else None
     group = sys.argv[3] if len(sys.argv) > 3 else "Full"
     df = ablation(ROOT / "data" / "raw", cfg, nts, group=group, trainers=trainers)
-    pd.set_option("display.width", 200)
-    print(df.pivot_table(index=["node_type", "trainer", "zone"], columns="variant", values="x_floor").round(2))
+    table = df.pivot_table(index=["node_type", "trainer", "zone"], columns="variant", values="x_floor")
+    print(table[[v for v in VARIANTS if v in table.columns]].round(2).to_string())
