@@ -318,3 +318,13 @@ def test_kepler_interval_rejects_host_data_without_steps(run):
     vm, bm, _ = run  # a linear ramp that changes at every 0.1 s host sample
     with pytest.raises(InputError, match=r"bm_power_t\.csv: power changes every 0\.1 s.*use window"):
         merge.merge_run(vm, bm, settings(alignment="kepler_interval"))
+
+
+def test_auto_alignment_uses_kepler_intervals_only_where_the_host_shows_steps(tmp_path, run):
+    vm, bm, _ = kepler_pair(tmp_path)
+    _, q = merge.merge_run(vm, bm, settings(alignment="auto"))
+    assert q["alignment"] == "kepler_interval" and q["alignment_requested"] == "auto"
+    vm2, bm2, _ = run  # host values change at every sample: no Kepler updates to pair with
+    data, q2 = merge.merge_run(vm2, bm2, settings(alignment="auto"))
+    assert q2["alignment"] == "window" and q2["alignment_requested"] == "auto"
+    assert q2["rows_kept"] == len(data) == 59

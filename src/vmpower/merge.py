@@ -5,6 +5,8 @@ both sides), never on the collectors' relative ``timestamp`` fields. Two modes:
 
 * ``window``  – mean of the host samples inside each VM sample's window ``(t - dt, t]``;
 * ``nearest`` – the nearest host sample within ``time_tolerance`` (the original method);
+* ``auto`` – ``kepler_interval`` when the host file shows Kepler's stepwise updates, else
+  ``window`` (the choice is in the quality report);
 * ``kepler_interval`` – one row per Kepler update: Kepler publishes a VM's power about every
   5 s as the mean over the interval since its previous update, so the update times are read off
   the host file (where the values step), each label is paired with the VM features averaged
@@ -16,6 +18,7 @@ All are vectorised with ``searchsorted`` over the sorted host times: O((n + m) l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import json
 from dataclasses import dataclass, field
@@ -193,6 +196,13 @@ def kepler_updates(t_host: np.ndarray, power: np.ndarray) -> tuple[np.ndarray, n
     return 0.5 * (t_host[k - 1] + t_host[k]), t_host[k] - t_host[k - 1], power[k]
 
 
+def has_kepler_steps(t_host: np.ndarray, power: np.ndarray, dt_vm: np.ndarray) -> bool:
+    """Whether the host values hold between updates that come slower than the VM samples (what
+    a host collector sampling Kepler faster than Kepler recomputes shows)."""
+    u = kepler_updates(t_host, power)[0]
+    return len(u) >= 3 and float(np.median(np.diff(u))) >= 2.0 * float(np.median(dt_vm))
+
+
 def interval_means(a: np.ndarray, b: np.ndarray, values: np.ndarray, lo: np.ndarray, hi: np.ndarray):
     """Time-weighted means over (lo, hi] of values that hold over the sample windows (a, b]
     (sorted, non-overlapping; NaN rows count as not covered). Returns (means, covered seconds)."""
@@ -244,7 +254,7 @@ def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, la
     length = hi - lo
     med = float(np.median(length))
     info["median_interval_seconds"] = round(med, 6)
-    if med < 2.0 * float(np.median(dt_vm)):
+    if not has_kepler_steps(t_host, power, dt_vm):
         return None, info
     regular = (length >= 0.5 * med) & (length <= 1.5 * med)
     certain = (unc[:-1] <= float(s.max_update_uncertainty)) & (unc[1:] <= float(s.max_update_uncertainty))
@@ -360,6 +370,11 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
 
     feats, feature_names, vm_notes = vm_feature_frame(vm_raw, s)
     power = host_raw.df[power_cols].to_numpy("float64")
+    requested = s.alignment
+    if s.alignment == "auto":
+        # kepler_interval where the host file shows Kepler's updates, else per-sample windows.
+        mode = "kepler_interval" if has_kepler_steps(t_host, power, dt_vm) else "window"
+        s = dataclasses.replace(s, alignment=mode)
     if s.alignment == "window":
         values, count = align_window(t_vm, dt_vm, t_host, power)
         matched = count >= max(int(s.min_host_samples), 1)
@@ -367,10 +382,11 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
         values, count = align_nearest(t_vm, t_host, power, float(s.time_tolerance))
         matched = count > 0
     elif s.alignment == "kepler_interval":
-        return _merge_intervals(vm_path, host_path, vm_raw, host_raw, feats, feature_names, vm_notes, zones,
-                                t_vm, dt_vm, t_host, power, base, (vm_times, host_times), s)
+        out, quality = _merge_intervals(vm_path, host_path, vm_raw, host_raw, feats, feature_names, vm_notes,
+                                        zones, t_vm, dt_vm, t_host, power, base, (vm_times, host_times), s)
+        return out, {**quality, "alignment_requested": requested}
     else:
-        raise InputError(vm_path, f"unknown alignment mode {s.alignment!r} (window, nearest or kepler_interval)")
+        raise InputError(vm_path, f"unknown alignment mode {s.alignment!r} (auto, kepler_interval, window or nearest)")
     time_diff = np.abs(t_host[nearest_index(t_vm, t_host)] - t_vm)
 
     drop = feats.pop("_drop")
@@ -420,6 +436,7 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
     if out.empty:
         raise InputError(vm_path, f"no rows left after merging with {host_path.name}: {quality['rows_dropped']}")
     quality["lag"] = _lag(out, s)
+    quality["alignment_requested"] = requested
     return out, quality
 
 
@@ -612,7 +629,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-tolerance", type=float, help="nearest mode: max time difference in seconds")
     p.add_argument("--min-power-threshold", type=float, help="drop rows whose power_zone power is below this (W)")
     p.add_argument("--power-zone", help="zone for power_watts and the threshold (core, package, dram, uncore)")
-    p.add_argument("--alignment", choices=["window", "nearest"])
+    p.add_argument("--alignment", choices=["auto", "kepler_interval", "window", "nearest"])
     p.add_argument("--config", help="read merge/ingest settings from this config.yaml")
     p.add_argument("--settings", help=argparse.SUPPRESS)  # JSON passed by the workflow
     p.set_defaults(func=cmd_merge)

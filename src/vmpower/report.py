@@ -192,6 +192,11 @@ def quality_rows(quality_files: list[str]) -> list[dict]:
     return rows
 
 
+def _clock_offset(q: dict) -> float:
+    """Guest clock offset used for a run: configured plus estimated (kepler_interval)."""
+    return float(q.get("vm_clock_offset_seconds") or 0.0) + float((q.get("kepler") or {}).get("clock_offset_seconds") or 0.0)
+
+
 def cmd_quality(args) -> int:
     rows = quality_rows(args.quality)
     nt = args.node_type
@@ -222,11 +227,13 @@ def cmd_quality(args) -> int:
     ax.set_title("rows kept and dropped (by reason)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.30), ncol=2, fontsize=7, frameon=False)
     ax = axes[3]
-    ax.bar([i - w / 2 for i in x], [(r.get("vm_utc_offset_seconds") or 0.0) / 3600.0 for r in rows], w,
+    w3 = 0.26
+    ax.bar([i - w3 for i in x], [(r.get("vm_utc_offset_seconds") or 0.0) / 3600.0 for r in rows], w3,
            label="guest UTC offset (h)", color="#17becf")
-    ax.bar([i + w / 2 for i in x], [r.get("vm_clock_offset_seconds") or 0.0 for r in rows], w,
-           label="clock offset applied (s)", color="#bcbd22")
-    ax.set_title("clock: UTC offset, applied correction")
+    ax.bar(x, [_clock_offset(r) for r in rows], w3, label="guest clock offset (s)", color="#bcbd22")
+    ax.bar([i + w3 for i in x], [(r.get("lag") or {}).get("lag_seconds") or 0.0 for r in rows], w3,
+           label="label lag per sample (s)", color="#9467bd")
+    ax.set_title("clocks: UTC offset, clock offset, label lag")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.30), ncol=2, fontsize=7, frameon=False)
     for ax in axes:
         ax.set_xticks(x, runs, rotation=30, ha="right")
@@ -234,19 +241,22 @@ def cmd_quality(args) -> int:
     save_png(fig, args.figure)
 
     header = ["run", "time base", "alignment", "VM samples", "rows kept", "match rate", "mean time diff (s)",
-              "max time diff (s)", "guest UTC offset (s)", "clock offset applied (s)", "overlap (s)", "dropped"]
+              "max time diff (s)", "guest UTC offset (s)", "guest clock offset (s)", "label lag (s)", "overlap (s)",
+              "dropped"]
     table = [
         [r["run"], r.get("time_base", "-"), r.get("alignment", "-"), r.get("vm_samples"), r.get("rows_kept"),
          r.get("match_rate"), r.get("time_diff_mean"), r.get("time_diff_max"), r.get("vm_utc_offset_seconds"),
-         r.get("vm_clock_offset_seconds"), r.get("overlap_seconds"),
+         _clock_offset(r), (r.get("lag") or {}).get("lag_seconds"), r.get("overlap_seconds"),
          ", ".join(f"{k}={v}" for k, v in sorted((r.get("rows_dropped") or {}).items())) or "-"]
         for r in rows
     ]
     body = [
         "<p>Per run: how many VM samples found host power (match rate), the time difference between a "
-        "VM sample and the host readings it was paired with, the guest's UTC offset and the clock "
-        "offset applied before alignment (<code>merge.vm_clock_offset_seconds</code>), and the rows "
-        "dropped with their reasons.</p>",
+        "VM sample and the host readings it was paired with (with <code>kepler_interval</code> alignment: "
+        "the uncertainty of Kepler's update times), the guest's UTC offset, the guest clock offset "
+        "(configured <code>merge.vm_clock_offset_seconds</code> plus the offset estimated per run), how "
+        "late the labels are against the per-sample features (cross-correlation), and the rows or "
+        "intervals dropped with their reasons.</p>",
         html_table(header, table, left=3),
     ]
     write_text(html_page(f"{nt}: data quality per run", body), args.table)
