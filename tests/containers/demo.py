@@ -75,12 +75,15 @@ def count_jobs(log: str) -> int | None:
 
 
 def result_hashes(workdir: Path, results_dir: str = "results") -> dict[str, str]:
-    """sha256 of every output except provenance sidecars and logs."""
+    """sha256 of every output except provenance sidecars, the report's provenance page (it lists
+    the image each job ran in, so it differs by runtime by design) and logs."""
     base = workdir / results_dir
     out = {}
     for path in sorted(base.rglob("*")):
         rel = path.relative_to(base).as_posix()
         if not path.is_file() or rel.startswith("provenance/") or rel.startswith("logs/") or path.suffix == ".log":
+            continue
+        if rel.startswith("report/") and path.name.startswith("provenance."):
             continue
         out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
