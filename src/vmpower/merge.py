@@ -196,10 +196,9 @@ def kepler_updates(t_host: np.ndarray, power: np.ndarray) -> tuple[np.ndarray, n
     return 0.5 * (t_host[k - 1] + t_host[k]), t_host[k] - t_host[k - 1], power[k]
 
 
-def has_kepler_steps(t_host: np.ndarray, power: np.ndarray, dt_vm: np.ndarray) -> bool:
-    """Whether the host values hold between updates that come slower than the VM samples (what
-    a host collector sampling Kepler faster than Kepler recomputes shows)."""
-    u = kepler_updates(t_host, power)[0]
+def has_kepler_steps(u: np.ndarray, dt_vm: np.ndarray) -> bool:
+    """Whether the update times ``u`` (kepler_updates) come slower than the VM samples (what a
+    host collector sampling Kepler faster than Kepler recomputes shows)."""
     return len(u) >= 3 and float(np.median(np.diff(u))) >= 2.0 * float(np.median(dt_vm))
 
 
@@ -237,7 +236,7 @@ def _corr_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(n >= 10, cov / np.sqrt(vx * vy), np.nan)
 
 
-def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, lag_col: int | None, s):
+def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, lag_col: int | None, s, updates=None):
     """Pair each Kepler update with the VM features averaged over the interval it describes.
 
     Intervals (u[j-1], u[j]] come from kepler_updates; one is used when both ends are known to
@@ -246,7 +245,7 @@ def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, la
     it. The guest clock offset is the shift in +-``offset_search_seconds`` that best correlates
     the interval means of ``lag_feature`` with the ``lag_zone`` labels (0 when that correlation
     stays below ``min_offset_correlation``)."""
-    u, unc, value = kepler_updates(t_host, power)
+    u, unc, value = updates if updates is not None else kepler_updates(t_host, power)
     info = {"updates": int(len(u))}
     if len(u) < 3:
         return None, info
@@ -254,7 +253,7 @@ def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, la
     length = hi - lo
     med = float(np.median(length))
     info["median_interval_seconds"] = round(med, 6)
-    if not has_kepler_steps(t_host, power, dt_vm):
+    if not has_kepler_steps(u, dt_vm):
         return None, info
     regular = (length >= 0.5 * med) & (length <= 1.5 * med)
     certain = (unc[:-1] <= float(s.max_update_uncertainty)) & (unc[1:] <= float(s.max_update_uncertainty))
@@ -371,9 +370,10 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
     feats, feature_names, vm_notes = vm_feature_frame(vm_raw, s)
     power = host_raw.df[power_cols].to_numpy("float64")
     requested = s.alignment
+    updates = kepler_updates(t_host, power) if s.alignment in ("auto", "kepler_interval") else None
     if s.alignment == "auto":
         # kepler_interval where the host file shows Kepler's updates, else per-sample windows.
-        mode = "kepler_interval" if has_kepler_steps(t_host, power, dt_vm) else "window"
+        mode = "kepler_interval" if has_kepler_steps(updates[0], dt_vm) else "window"
         s = dataclasses.replace(s, alignment=mode)
     if s.alignment == "window":
         values, count = align_window(t_vm, dt_vm, t_host, power)
@@ -383,7 +383,7 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
         matched = count > 0
     elif s.alignment == "kepler_interval":
         out, quality = _merge_intervals(vm_path, host_path, vm_raw, host_raw, feats, feature_names, vm_notes,
-                                        zones, t_vm, dt_vm, t_host, power, base, (vm_times, host_times), s)
+                                        zones, t_vm, dt_vm, t_host, power, base, (vm_times, host_times), s, updates)
         return out, {**quality, "alignment_requested": requested}
     else:
         raise InputError(vm_path, f"unknown alignment mode {s.alignment!r} (auto, kepler_interval, window or nearest)")
@@ -455,7 +455,7 @@ def _workload(vm_raw) -> pd.Series:
 
 
 def _merge_intervals(vm_path, host_path, vm_raw, host_raw, feats, feature_names, vm_notes, zones,
-                     t_vm, dt_vm, t_host, power, base, clocks, s) -> tuple[pd.DataFrame, dict]:
+                     t_vm, dt_vm, t_host, power, base, clocks, s, updates) -> tuple[pd.DataFrame, dict]:
     """merge_run for alignment kepler_interval: one row per usable Kepler update interval."""
     drop = feats.pop("_drop")
     values = feats.to_numpy("float64")
@@ -468,7 +468,7 @@ def _merge_intervals(vm_path, host_path, vm_raw, host_raw, feats, feature_names,
     lag_zone = zones.index(s.lag_zone) if s.lag_zone in zones else ref
     cols = np.flatnonzero(present)
     lag_sub = None if lag_col is None else int(np.flatnonzero(cols == lag_col)[0])
-    iv, kinfo = kepler_intervals(t_vm, dt_vm, values[:, cols], t_host, power, lag_zone, lag_sub, s)
+    iv, kinfo = kepler_intervals(t_vm, dt_vm, values[:, cols], t_host, power, lag_zone, lag_sub, s, updates)
     if iv is None:
         if kinfo["updates"] < 3:
             problem = f"only {kinfo['updates']} Kepler updates (value steps) found"
