@@ -79,8 +79,9 @@ def stage_sources(*modules):
     return _COMMON_SRC + [f"{_SRC}/{m}.py" for m in modules]
 
 
-ENGINEERING_KEYS = ("lag_feature", "lag_zone", "max_lag_seconds", "min_lag_correlation", "lag_correction", "windows", "window_features")
-LAG_KEYS = ("lag_feature", "lag_zone", "max_lag_seconds")
+ENGINEERING_KEYS = ("lag_feature", "lag_zone", "max_lag_seconds", "min_lag_correlation", "lag_correction", "windows",
+                    "window_features", "hinges")
+MERGE_FEATURE_KEYS = ("lag_feature", "lag_zone", "max_lag_seconds", "hinges")
 
 
 def features_settings(keys):

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -275,16 +276,16 @@ def test_interval_means_match_fine_grid_integration():
         np.testing.assert_allclose(means[i], v[k[sel]].mean(axis=0), atol=1e-3)
 
 
-def kepler_pair(tmp_path, skew=0.4, n=240):
-    """A run where Kepler publishes, every 5 s, the exact mean of 2 W per % utilisation over the
-    interval since its last update; the guest clock runs ``skew`` s ahead of the host's."""
+def kepler_pair(tmp_path, skew=0.4, n=240, power=lambda u: 2.0 * u):
+    """A run where Kepler publishes, every 5 s, the exact mean of ``power(utilisation)`` (default
+    2 W per %) over the interval since its last update; the guest clock runs ``skew`` s ahead."""
     rng = np.random.default_rng(11)
     util = np.repeat(rng.uniform(5, 95, n // 4), 4)  # load changes every 4 s
     start = 1_741_600_000.0
     vm = write_vm(tmp_path / "vm_features_k.json", vm_records(n=n, start=start, util=util, skew=skew))
     updates = start + 0.37 + 5.0 * np.arange(-2, n // 5 + 4)
     ends = start + np.arange(1, n + 1)  # true (host-clock) ends of the 1 s sample windows
-    means, _ = merge.interval_means(ends - 1.0, ends, 2.0 * util[:, None], updates[:-1], updates[1:])
+    means, _ = merge.interval_means(ends - 1.0, ends, power(util)[:, None], updates[:-1], updates[1:])
     label = np.nan_to_num(means[:, 0])
 
     def watts(t):
@@ -328,3 +329,34 @@ def test_auto_alignment_uses_kepler_intervals_only_where_the_host_shows_steps(tm
     data, q2 = merge.merge_run(vm2, bm2, settings(alignment="auto"))
     assert q2["alignment"] == "window" and q2["alignment_requested"] == "auto"
     assert q2["rows_kept"] == len(data) == 59
+
+
+def test_hinge_basis_is_computed_per_sample_before_interval_averaging(tmp_path):
+    # Power convex in utilisation (a knee at 50 %): Kepler's 5 s means of it are not a function
+    # of the mean utilisation, but they are linear in the interval means of the per-sample hinge.
+    def power(u):
+        return 0.3 * u + 0.02 * np.maximum(u - 50.0, 0.0) ** 2
+
+    vm, bm, util = kepler_pair(tmp_path, skew=0.0, power=power)
+    s = settings(alignment="kepler_interval", hinges={"cpu_utilization": [50, 70]})
+    data, q = merge.merge_run(vm, bm, s)
+    assert {"cpu_utilization_hinge50", "cpu_utilization_hinge70"} <= set(q["features"])
+    u = data["cpu_utilization"].to_numpy()
+    y = data["power_package"].to_numpy()
+
+    def residual(x):
+        X = np.column_stack([np.ones_like(u), u, x])
+        return np.abs(X @ np.linalg.lstsq(X, y, rcond=None)[0] - y).mean()
+
+    per_sample = residual(data["cpu_utilization_hinge50"].to_numpy())
+    of_mean = residual(np.maximum(u - 50.0, 0.0) ** 2)
+    assert per_sample < 0.15 and of_mean > 5 * per_sample
+    # Jensen: the mean of the convex basis is never below the basis of the mean
+    assert np.all(data["cpu_utilization_hinge50"].to_numpy() >= np.maximum(u - 50.0, 0.0) ** 2 - 1e-6)
+
+    # per sample (window alignment) the column is exactly the formula
+    w, _ = merge.merge_run(vm, bm, dataclasses.replace(s, alignment="window"))
+    np.testing.assert_allclose(w["cpu_utilization_hinge70"], np.maximum(w["cpu_utilization"] - 70.0, 0.0) ** 2)
+    # off by default for scripts without a config: no extra columns
+    plain, _ = merge.merge_run(vm, bm, settings(alignment="window", hinges={}))
+    assert not [c for c in plain.columns if "_hinge" in c]

@@ -68,6 +68,22 @@ def test_predictions_equal_native_model_on_pipeline_features(art, settings, key)
         assert np.max(np.abs(model.predict(X[ok])[:, model.zones.index(zone)] - native)) < 1e-3
 
 
+def test_hinge_inputs_come_from_the_model_not_the_config(art, settings):
+    """SystemOnly selects cpu_utilization, so its hinge basis too; predict computes the hinges a
+    model needs from its feature names even when --config sets none."""
+    import dataclasses
+
+    model = predict.Model.load(art["models"][SYS_LR])
+    hinges = [f for f in model.features if "_hinge" in f]
+    assert hinges and settings.hinges
+    assert model.metadata["feature_engineering"]["hinge_features"][hinges[0]]["base"] == "cpu_utilization"
+    src = art["vm_files"]["run02-mix"]
+    a = predict.predict_file(model, src, settings)
+    b = predict.predict_file(model, src, dataclasses.replace(settings, hinges={}))
+    pd.testing.assert_frame_equal(a, b)
+    assert a["power_package"].notna().sum() > 50
+
+
 def test_jsonl_and_array_inputs_give_the_same_watts(art, settings, tmp_path):
     model = predict.Model.load(art["models"][SYS_GBR])
     src = art["vm_files"]["run02-mix"]

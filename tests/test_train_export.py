@@ -230,6 +230,8 @@ def test_windowed_features_follow_their_group_and_exclusions():
     assert not train.group_matches("memory_usage_percent_mean5s", ["cpu_utilization"])
     assert not train.group_matches("process_count", ["*", "!process_count"])
     assert not train.group_matches("process_count_mean5s", ["*", "!process_count"])
+    assert train.group_matches("cpu_utilization_hinge70", ["cpu_utilization"])
+    assert not train.group_matches("cpu_utilization_hinge70", ["cpu_*", "!cpu_utilization"])
 
 
 def test_hyperparameter_search_never_sees_held_out_runs(monkeypatch):

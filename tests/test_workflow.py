@@ -25,14 +25,16 @@ def small_config(ws):
         shutil.rmtree(nt)
 
 
-# Every node type and runs of the demo, with three of the five trainers and two of the three
+# Every node type and runs of the demo, with three of the five trainers and two of the four
 # feature groups (all five trainers are exported and checked in test_train_export.py): keeps
 # the suite within CI's time while the whole data path is exercised.
-DEMO_GROUPS = ["SystemOnly", "Full"]
+DEMO_GROUPS = ["Activity", "Full"]
 DEMO_TRAINERS = ["LinearRegression", "XGBRegressor", "KNeighborsRegressor"]
 N_MODELS = 3 * 2 * len(DEMO_GROUPS) * len(DEMO_TRAINERS)
-# Best held-out MAE per zone, as a multiple of the generator's noise floor (issue 8's target is
-# 1.15; measured: docs/performance.md).
+# Best held-out MAE per zone, as a multiple of the generator's noise floor: the best model of
+# each node_type meets issue 8's target (1.15); the best Full model (40+ inputs, harder to
+# generalise from six runs) stays within 3x. Measured: docs/performance.md.
+ACCURACY_TARGET_X_FLOOR = 1.15
 ACCURACY_X_FLOOR = 3.0
 
 
@@ -68,6 +70,20 @@ def test_demo_build_outputs(demo):
             assert got["mae"] < 0.3 * mad, (nt, zone, got["mae"], mad)
             assert got["mae"] < ACCURACY_X_FLOOR * floor[zone]["noise_floor_mae_watts"], (nt, zone, got["mae"])
             assert got["mae"] < 0.85 * floor[zone]["window_truth_mae_watts"], (nt, zone, got["mae"])
+    # The issue's target: the best model of each node_type (here AbsPower/Activity, linear on
+    # the utilisation hinge basis) within 1.15x the noise floor on every zone.
+    for nt in best:
+        floor = json.loads((demo / "data/raw" / nt / "synth_noise_floor.json").read_text())["zones"]
+        m = trained[(trained.node_type == nt) & (trained.output_type == "AbsPower")]
+        mean = m.groupby(["feature_group", "trainer"])["mae"].mean().sort_values()
+        group, trainer = mean.index[0]
+        assert (group, trainer) == ("Activity", "LinearRegression"), mean.head()
+        for zone in ("package", "core", "dram", "uncore"):
+            got = m[(m.feature_group == group) & (m.trainer == trainer) & (m.zone == zone)]["mae"].iloc[0]
+            assert got <= ACCURACY_TARGET_X_FLOOR * floor[zone]["noise_floor_mae_watts"], (nt, zone, got)
+    act = json.loads((res / "models/AbsPower/Activity/LinearRegressionTrainer_demo-epyc/metadata.json").read_text())
+    assert "cpu_utilization_hinge70" in act["features"]
+    assert act["feature_engineering"]["hinge_features"]["cpu_utilization_hinge70"]["knot"] == 70.0
     # The quality report: Kepler's update interval and the guest clock offset per run (the demo
     # skews guest clocks by 0.2-0.8 s), and the per-sample lag of the labels.
     q2 = json.loads((res / "merged/demo-epyc/run02-cycling.quality.json").read_text())

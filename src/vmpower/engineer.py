@@ -10,6 +10,11 @@ steps handle that in the pipeline, per run (time-ordered, never across runs):
   ``apply_lag`` pairs the features at time t with the label at t + lag (the nearest sample of
   the same run; rows without a label that late are dropped). This changes the training labels
   only: a model's inputs at inference are the same features.
+* **hinges** – ``<feature>_hinge<k>`` = ``max(0, x - k)**2`` for every knot ``k`` of
+  ``hinges[feature]``, computed per VM sample in the merge, before any averaging. CPU power
+  rises faster than linearly above a utilisation knee (turbo, frequency scaling) and Kepler's
+  labels average power over ~5 s: the mean of a convex function is not the function of the
+  mean, so the basis must exist per sample for a linear model to fit the knee.
 * **windows** – for every ``w`` in ``windows`` (seconds) and every feature matching
   ``window_features``, ``<feature>_mean<w>s`` is the mean of the run's samples with time in
   ``(t - w, t]``: causal (past and current samples only, like Kepler's averaging), so an
@@ -26,6 +31,7 @@ import re
 import numpy as np
 import pandas as pd
 
+HINGE_SUFFIX = re.compile(r"^(?P<base>.+)_hinge(?P<k>-?\d+(?:\.\d+)?)$")
 WINDOW_SUFFIX = re.compile(r"^(?P<base>.+)_mean(?P<w>\d+(?:\.\d+)?)s$")
 DEFAULTS = {
     "lag_feature": "cpu_utilization",
@@ -35,6 +41,7 @@ DEFAULTS = {
     "lag_correction": False,
     "windows": [],
     "window_features": ["*"],
+    "hinges": {},
 }
 
 
@@ -52,6 +59,34 @@ def window_base(name: str) -> tuple[str, float] | None:
     """(base feature, window seconds) of an engineered column name, else None."""
     m = WINDOW_SUFFIX.match(name)
     return (m.group("base"), float(m.group("w"))) if m else None
+
+
+def hinge_name(feature: str, knot: float) -> str:
+    return f"{feature}_hinge{knot:g}"
+
+
+def hinge_base(name: str) -> tuple[str, float] | None:
+    """(base feature, knot) of a hinge column name, else None."""
+    m = HINGE_SUFFIX.match(name)
+    return (m.group("base"), float(m.group("k"))) if m else None
+
+
+def base_feature(name: str) -> str | None:
+    """The raw feature an engineered column (window mean or hinge) is computed from."""
+    b = window_base(name) or hinge_base(name)
+    return b[0] if b else None
+
+
+def hinges(feats: pd.DataFrame, knots: dict[str, list[float]]) -> pd.DataFrame:
+    """Per-sample hinge basis ``max(0, x - k)**2`` of the configured features present in
+    ``feats`` (NaN stays NaN). Returns only the new columns, in config order."""
+    cols = {}
+    for feature, ks in knots.items():
+        if feature in feats.columns:
+            x = feats[feature].to_numpy("float64")
+            for k in ks:
+                cols[hinge_name(feature, float(k))] = np.square(np.maximum(x - float(k), 0.0))  # NaN stays NaN
+    return pd.DataFrame(cols, index=feats.index)
 
 
 # ---------------------------------------------------------------- lag
@@ -180,8 +215,12 @@ def engineer(df: pd.DataFrame, features: list[str], s: dict, run_lags: dict[str,
 
 def describe(features: list[str], s: dict) -> dict:
     """What an exporter must compute for these model inputs (recorded in model metadata)."""
-    windowed = {}
+    windowed, hinged = {}, {}
     for f in features:
+        hb = hinge_base(f)
+        if hb:
+            hinged[f] = {"base": hb[0], "knot": hb[1], "formula": "max(0, base - knot)**2",
+                         "scope": "per sample, before any averaging"}
         wb = window_base(f)
         if wb:
             windowed[f] = {"base": wb[0], "window_seconds": wb[1], "aggregation": "mean",
@@ -189,6 +228,7 @@ def describe(features: list[str], s: dict) -> dict:
                            "scope": "the samples of the current collection (never across runs)"}
     return {
         "windowed_features": windowed,
+        "hinge_features": hinged,
         "lag_correction": {
             "applied_to_labels": bool(s.get("lag_correction")),
             "feature": s.get("lag_feature"),

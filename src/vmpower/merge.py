@@ -67,6 +67,10 @@ class MergeSettings:
     max_update_uncertainty: float = 0.5
     lag_zone: str = "package"
     max_lag_seconds: float = 15.0
+    # kepler_interval offset search: regressors of the label fit (plus lag_feature and hinges).
+    offset_features: list[str] = field(default_factory=list)
+    # Per-sample hinge basis {feature: [knots]} (features.hinges; vmpower.engineer.hinges).
+    hinges: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: dict) -> "MergeSettings":
@@ -150,6 +154,11 @@ def vm_feature_frame(raw: ingest.RawTable, s: MergeSettings) -> tuple[pd.DataFra
         drop[gap] = "rate_gap"
         drop[reset] = "counter_reset"
         drop.iloc[0] = "rate_warmup"
+    from vmpower import engineer
+
+    basis = engineer.hinges(feats, s.hinges)
+    if len(basis.columns):
+        feats = pd.concat([feats, basis], axis=1)
     feature_names = list(feats.columns)
     feats["_drop"] = drop
     return feats, feature_names, notes
@@ -223,28 +232,34 @@ def interval_means(a: np.ndarray, b: np.ndarray, values: np.ndarray, lo: np.ndar
         return (v_hi - v_lo) / covered[:, None], covered
 
 
-def _corr_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of x with y (NaN entries ignored per row)."""
-    ok = np.isfinite(x) & np.isfinite(y)[None, :]
-    n = ok.sum(axis=1)
-    xs, ys = np.where(ok, x, 0.0), np.where(ok, y[None, :], 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mx, my = xs.sum(1) / n, ys.sum(1) / n
-        cov = (xs * ys).sum(1) / n - mx * my
-        vx = (xs * xs).sum(1) / n - mx * mx
-        vy = (ys * ys).sum(1) / n - my * my
-        return np.where(n >= 10, cov / np.sqrt(vx * vy), np.nan)
+def _fit_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Multiple correlation R of an OLS fit (with intercept) of y on x[i] for each i, over the
+    rows where x[i] and y are finite (NaN when fewer than 10 rows). x: [k, n, p]."""
+    out = np.full(x.shape[0], np.nan)
+    for i in range(x.shape[0]):  # a few dozen offsets, each a small least-squares fit
+        ok = np.isfinite(x[i]).all(axis=1) & np.isfinite(y)
+        if ok.sum() < 10:
+            continue
+        X = np.column_stack([np.ones(ok.sum()), x[i][ok]])
+        yy = y[ok]
+        resid = yy - X @ np.linalg.lstsq(X, yy, rcond=None)[0]
+        ss = float(((yy - yy.mean()) ** 2).sum())
+        out[i] = np.sqrt(max(0.0, 1.0 - float(resid @ resid) / ss)) if ss > 0 else np.nan
+    return out
 
 
-def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, lag_col: int | None, s, updates=None):
+def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, lag_cols: list[int] | None, s,
+                     updates=None):
     """Pair each Kepler update with the VM features averaged over the interval it describes.
 
     Intervals (u[j-1], u[j]] come from kepler_updates; one is used when both ends are known to
     within ``max_update_uncertainty`` s, its length is within 0.5-1.5x the median (a missed
     update or a host gap makes it irregular), and VM samples cover ``min_interval_coverage`` of
-    it. The guest clock offset is the shift in +-``offset_search_seconds`` that best correlates
-    the interval means of ``lag_feature`` with the ``lag_zone`` labels (0 when that correlation
-    stays below ``min_offset_correlation``)."""
+    it. The guest clock offset is the shift in +-``offset_search_seconds`` at which a linear fit
+    of the ``lag_zone`` labels on the interval means of ``lag_feature`` and its hinge basis is
+    best (highest multiple correlation R; offset 0 when R stays below ``min_offset_correlation``).
+    The hinges matter: with power convex in load, the linear correlation alone peaks off the
+    true offset."""
     u, unc, value = updates if updates is not None else kepler_updates(t_host, power)
     info = {"updates": int(len(u))}
     if len(u) < 3:
@@ -259,13 +274,13 @@ def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, la
     certain = (unc[:-1] <= float(s.max_update_uncertainty)) & (unc[1:] <= float(s.max_update_uncertainty))
     a, b = t_vm - dt_vm, t_vm
     offsets = np.array([0.0])
-    if lag_col is not None and float(s.offset_search_seconds) > 0:
+    if lag_cols and float(s.offset_search_seconds) > 0:
         step = float(s.offset_step_seconds)
         n = int(round(float(s.offset_search_seconds) / step))
         offsets = step * np.arange(-n, n + 1)
-        x = np.stack([interval_means(a + d, b + d, feats[:, [lag_col]], lo, hi)[0][:, 0] for d in offsets])
+        x = np.stack([interval_means(a + d, b + d, feats[:, lag_cols], lo, hi)[0] for d in offsets])
         x[:, ~(regular & certain)] = np.nan
-        corr = _corr_rows(x, label[:, ref])
+        corr = _fit_r(x, label[:, ref])
         best = int(np.nanargmax(corr)) if np.isfinite(corr).any() else n
         info.update({"offset_correlation": None if not np.isfinite(corr[best]) else round(float(corr[best]), 6),
                      "offset_correlation_at_zero": None if not np.isfinite(corr[n]) else round(float(corr[n]), 6)})
@@ -464,10 +479,16 @@ def _merge_intervals(vm_path, host_path, vm_raw, host_raw, feats, feature_names,
     # leave those NaN, rather than treating every sample as uncovered.
     present = ~np.isnan(values).all(axis=0)
     ref = zones.index(s.power_zone)
-    lag_col = feature_names.index(s.lag_feature) if s.lag_feature in feature_names and present[feature_names.index(s.lag_feature)] else None
     lag_zone = zones.index(s.lag_zone) if s.lag_zone in zones else ref
     cols = np.flatnonzero(present)
-    lag_sub = None if lag_col is None else int(np.flatnonzero(cols == lag_col)[0])
+    # The offset is fitted on lag_feature, offset_features and their hinges (those in this run).
+    from vmpower import engineer
+
+    offset_names = []
+    for f in dict.fromkeys([s.lag_feature, *s.offset_features]):
+        offset_names += [f, *[engineer.hinge_name(f, float(k)) for k in s.hinges.get(f, [])]]
+    sub = {feature_names[c]: i for i, c in enumerate(cols)}
+    lag_sub = [sub[n] for n in offset_names if n in sub] if s.lag_feature in sub else None
     iv, kinfo = kepler_intervals(t_vm, dt_vm, values[:, cols], t_host, power, lag_zone, lag_sub, s, updates)
     if iv is None:
         if kinfo["updates"] < 3:

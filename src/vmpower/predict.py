@@ -207,10 +207,27 @@ def frame_features(raw, settings):
     return feats, feats.pop("_drop")
 
 
+def with_hinges(feats, features: list[str]):
+    """feats plus the hinge inputs among ``features`` it lacks. A hinge is a formula of one raw
+    feature (recorded in the model's metadata), so it is computed whatever hinges --config sets."""
+    from vmpower import engineer
+
+    todo: dict[str, list[float]] = {}
+    for f in features:
+        hb = engineer.hinge_base(f) if f not in feats.columns else None
+        if hb and hb[0] in feats.columns:
+            todo.setdefault(hb[0], []).append(hb[1])
+    if not todo:
+        return feats
+    extra = engineer.hinges(feats, todo)
+    return feats.assign(**{c: extra[c] for c in extra.columns if c not in feats.columns})
+
+
 def model_matrix(model: Model, feats, drop, settings, source):
     """The model's input matrix; rows whose rate features span a counter reset become NaN."""
     import numpy as np
 
+    feats = with_hinges(feats, model.features)
     missing = [f for f in model.features if f not in feats.columns]
     if missing:
         raise InputError(
@@ -503,7 +520,7 @@ class Exporter:
         if prev is None:
             return {}  # rates need two samples
         feats, drop = frame_features(live_frame(prev, record, self.settings), self.settings)
-        row = feats.iloc[-1]
+        row = with_hinges(feats, self.model.features).iloc[-1]
         values = np.array([row.get(f, np.nan) for f in self.model.features], dtype="float64")
         if self.rates and str(drop.iloc[-1]) == "counter_reset":
             values[[f in self.rates for f in self.model.features]] = np.nan

@@ -60,14 +60,15 @@ def candidate_features(df: pd.DataFrame) -> list[str]:
 
 
 def group_matches(name: str, patterns: list[str]) -> bool:
-    """Whether a column belongs to a feature group: it (or, for an engineered window
-    ``<base>_mean<w>s``, its base feature) matches an entry, and no ``!pattern`` entry excludes it."""
-    from vmpower.engineer import window_base
+    """Whether a column belongs to a feature group: it (or, for an engineered column such as
+    ``<base>_mean<w>s`` or ``<base>_hinge<k>``, its base feature) matches an entry, and no
+    ``!pattern`` entry excludes it."""
+    from vmpower.engineer import base_feature
 
     names = [name]
-    wb = window_base(name)
-    if wb:
-        names.append(wb[0])
+    base = base_feature(name)
+    if base:
+        names.append(base)
     include = [p for p in patterns if not p.startswith("!")]
     exclude = [p[1:] for p in patterns if p.startswith("!")]
     if any(fnmatch.fnmatchcase(n, p) for n in names for p in exclude):
@@ -154,7 +155,8 @@ def param_grid(base: dict, grid: dict) -> list[dict]:
 
 def search_params(trainer, candidates, seed, X, y, groups, n_folds, max_rows) -> tuple[dict, list]:
     """Pick the candidate with the lowest mean MAE over run-grouped inner folds of (X, y) (the
-    rows of one training split only). Ties go to the earlier candidate. Returns (params, scores)."""
+    rows of one training split only; at most ``max_rows`` evenly spaced rows to fit and to score
+    per inner fold). Ties go to the earlier candidate. Returns (params, scores)."""
     if len(candidates) == 1:
         return candidates[0], []
     runs = np.unique(groups)
@@ -170,8 +172,12 @@ def search_params(trainer, candidates, seed, X, y, groups, n_folds, max_rows) ->
             test = fold_of_row == f
             tr = np.flatnonzero(~test)
             tr = tr[even_subsample(len(tr), max_rows)]
+            # Scoring rows are capped like training rows: the search only ranks candidates, and
+            # predicting every inner held-out row dominates for KNN on large data sets.
+            te = np.flatnonzero(test)
+            te = te[even_subsample(len(te), max_rows)]
             model = make_pipeline(trainer, params, seed).fit(X[tr], y[tr])
-            errs.append(float(np.abs(model.predict(X[test]) - y[test]).mean()))
+            errs.append(float(np.abs(model.predict(X[te]) - y[te]).mean()))
         scores.append(float(np.mean(errs)))
     return candidates[int(np.argmin(scores))], scores
 

@@ -7,7 +7,8 @@ generator's noise floor (synth_noise_floor.json).
 
 Variants, in the order the steps were added: per-sample ``window`` alignment; + lag-corrected
 labels; + causal 5 s windowed features; ``kepler_interval`` alignment (one row per Kepler
-update) without and with the per-run clock-offset search (the pipeline's default).
+update) without and with the per-run clock-offset search; + the per-sample hinge basis of
+``features.hinges`` (also used by the offset fit, with ``merge.offset_features``): the default.
 Per-sample variants are scored per VM sample, interval variants per Kepler interval (the unit
 the noise floor is defined on)."""
 
@@ -23,12 +24,16 @@ from vmpower import engineer, merge, train
 
 ROOT = Path(__file__).resolve().parents[2]
 # variant: (merge settings, feature-engineering settings) over the config's
+# Steps before the hinge basis run without it (hinges off, offset fitted on lag_feature alone).
+NO_HINGES = {"hinges": {}, "offset_features": []}
 VARIANTS = {
-    "window": ({"alignment": "window"}, {"lag_correction": False, "windows": []}),
-    "window+lag": ({"alignment": "window"}, {"lag_correction": True, "windows": []}),
-    "window+lag+windows": ({"alignment": "window"}, {"lag_correction": True, "windows": [5]}),
-    "interval": ({"alignment": "kepler_interval", "offset_search_seconds": 0.0}, {"lag_correction": False, "windows": []}),
-    "interval+offset": ({"alignment": "kepler_interval"}, {"lag_correction": False, "windows": []}),
+    "window": ({"alignment": "window", **NO_HINGES}, {"lag_correction": False, "windows": []}),
+    "window+lag": ({"alignment": "window", **NO_HINGES}, {"lag_correction": True, "windows": []}),
+    "window+lag+windows": ({"alignment": "window", **NO_HINGES}, {"lag_correction": True, "windows": [5]}),
+    "interval": ({"alignment": "kepler_interval", "offset_search_seconds": 0.0, **NO_HINGES},
+                 {"lag_correction": False, "windows": []}),
+    "interval+offset": ({"alignment": "kepler_interval", **NO_HINGES}, {"lag_correction": False, "windows": []}),
+    "interval+offset+hinges": ({"alignment": "kepler_interval"}, {"lag_correction": False, "windows": []}),
 }
 
 

@@ -47,8 +47,9 @@ def build(root: Path) -> dict:
     raw, res = root / "data" / "raw", root / "results"
     _run("synth", "--config", config, "--out", raw)
 
+    hinges = cfg["features"].get("hinges", {})
     merge_settings = json.dumps({**cfg["merge"], **cfg["ingest"], "zones": cfg["zones"],
-                                 "required_zones": cfg["required_zones"]})
+                                 "required_zones": cfg["required_zones"], "hinges": hinges})
     merged = []
     for run_dir in sorted((raw / NODE_TYPE).iterdir()):
         if not run_dir.is_dir():
@@ -69,7 +70,8 @@ def build(root: Path) -> dict:
     for ot, fg, trainers in MODELS:
         for tr in trainers:
             t = res / "train" / NODE_TYPE / ot / fg / tr
-            tset = json.dumps({**cfg["train"], "patterns": cfg["features"]["groups"][fg]})
+            tset = json.dumps({**cfg["train"], "patterns": cfg["features"]["groups"][fg],
+                               "engineering": {"hinges": hinges}})
             _run("train", "--dataset", iso / f"{ot}.parquet", "--node-type", NODE_TYPE, "--output-type", ot,
                  "--feature-group", fg, "--trainer", tr, "--model", t / "model.joblib", "--metrics", t / "metrics.json",
                  "--holdout", t / "holdout.parquet", "--settings", tset)
