@@ -15,7 +15,7 @@ rule export_model:
         prov=f"{RES}/provenance/export/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}.json",
     params:
         vmpower=VMPOWER,
-        settings=settings_json("export"),
+        settings=settings_json("export", ingest=config["ingest"]),
     log:
         "logs/export/{node_type}/{output_type}/{feature_group}/{trainer}.log",
     benchmark:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from bench.predict_artifacts import NODE_TYPE, build
 from vmpower import cli, predict
@@ -115,6 +116,22 @@ def test_cli_predict_writes_csv_and_parquet(art, tmp_path, capsys):
     assert cli.main(["predict", "--model", str(model_dir), "--input", str(src), "--config", str(art["config"]),
                      "--output", str(tmp_path / "w.txt")]) == 2
     assert "must end in .csv or .parquet" in capsys.readouterr().err
+
+
+def test_ingest_settings_come_from_the_model_without_config(art, tmp_path, monkeypatch):
+    """The archive records how raw fields become features, so predict needs no config.yaml."""
+    model_dir = art["models"][SYS_LR]
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    cfg = yaml.safe_load(art["config"].read_text())
+    assert meta["ingest"] == cfg["ingest"]
+    # --config wins; without it the metadata's settings, not a config file that happens to be near
+    assert predict.load_settings(None, {"ingest": {"cumulative_features": ["x"]}}).cumulative_features == ["x"]
+    src = art["vm_files"]["run02-mix"]
+    assert cli.main(["predict", "--model", str(model_dir), "--input", str(src), "--config", str(art["config"]),
+                     "--output", str(tmp_path / "with.csv")]) == 0
+    monkeypatch.chdir(tmp_path)  # no config.yaml here
+    assert cli.main(["predict", "--model", str(model_dir), "--input", str(src), "--output", "without.csv"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "with.csv"), pd.read_csv(tmp_path / "without.csv"))
 
 
 def test_missing_feature_columns_are_an_error(art, settings, tmp_path):

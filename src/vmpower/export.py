@@ -196,6 +196,9 @@ def build_archive(args, settings: dict) -> dict:
     metadata["feature_report"] = report["feature_report"]
     # Which inputs are windowed (and how), so an exporter can compute them from raw samples.
     metadata["feature_engineering"] = report.get("feature_engineering")
+    # How raw collector fields become features (rates, absent perf): predict/serve need no config.
+    if settings.get("ingest"):
+        metadata["ingest"] = settings["ingest"]
     metadata["provenance"] = {
         "inputs": provenance.input_checksums([args.model, args.metrics, args.holdout, *(args.machine_spec or [])]),
         "environment_lock": provenance.input_checksums([args.lock])[Path(args.lock).as_posix()] if args.lock else None,

@@ -178,12 +178,15 @@ class Model:
 # ---------------------------------------------------------------- features (the pipeline's code)
 
 
-def load_settings(config: str | None):
-    """Ingest settings (cumulative/perf/non-features) from the pipeline's config.yaml."""
+def load_settings(config: str | None, metadata: dict | None = None):
+    """Ingest settings (cumulative/perf/non-features): from --config when given, else from the
+    model's metadata (exported since the settings are recorded there), else ./config.yaml."""
     import yaml
 
     from vmpower.merge import MergeSettings
 
+    if not config and metadata and isinstance(metadata.get("ingest"), dict):
+        return MergeSettings.from_config({"ingest": metadata["ingest"]})
     candidates = [Path(config)] if config else [Path("config.yaml"), Path(__file__).resolve().parents[2] / "config.yaml"]
     for p in candidates:
         if p.is_file():
@@ -425,8 +428,8 @@ def cmd_predict(args) -> int:
 
     from vmpower.io import atomic_path, write_parquet
 
-    settings = load_settings(args.config)
     model = resolve_model(args)
+    settings = load_settings(args.config, model.metadata)
     out = predict_file(model, args.input, settings)
     if not args.output:
         try:
@@ -598,8 +601,8 @@ def cmd_serve(args) -> int:
 
     from vmpower.collect.common import stop_on_signals
 
-    settings = load_settings(args.config)
     model = resolve_model(args)
+    settings = load_settings(args.config, model.metadata)
     stoppers: list = []
     with stop_on_signals(lambda: [s() for s in stoppers]):
         run_exporter(model, settings, port=args.port, address=args.address, interval=args.interval,
@@ -623,7 +626,8 @@ def _model_args(p) -> None:
                    help="with a results directory: machine_spec.json to match (default: read this machine)")
     p.add_argument("--output-type", default=DEFAULT_OUTPUT_TYPE, help="with a results directory (default: AbsPower)")
     p.add_argument("--feature-group", help="with a results directory (default: the group with the lowest MAE)")
-    p.add_argument("--config", help="config.yaml the models were built with (ingest settings; default ./config.yaml)")
+    p.add_argument("--config", help="config.yaml the models were built with, for its ingest settings (default: the "
+                        "settings recorded in the model's metadata.json, else ./config.yaml)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -79,7 +79,8 @@ def build(root: Path) -> dict:
             _run("export", "--model", t / "model.joblib", "--metrics", t / "metrics.json", "--holdout",
                  t / "holdout.parquet", "--node-type", NODE_TYPE, "--output-type", ot, "--feature-group", fg,
                  "--trainer", tr, "--machine-spec", spec, "--lock", ROOT / "envs" / "pipeline.lock", "--out-dir", out,
-                 "--archive", out.with_name(out.name + ".zip"), "--settings", json.dumps(cfg["export"]))
+                 "--archive", out.with_name(out.name + ".zip"),
+                 "--settings", json.dumps({**cfg["export"], "ingest": cfg["ingest"]}))
             models[(ot, fg, tr)] = out
             trained[(ot, fg, tr)] = t
             exported.append(out)
