@@ -71,6 +71,16 @@ def hinge_base(name: str) -> tuple[str, float] | None:
     return (m.group("base"), float(m.group("k"))) if m else None
 
 
+def hinge_knots(names: list[str]) -> dict[str, list[float]]:
+    """The ``hinges`` setting that produces the hinge columns among ``names`` (inverse of hinge_name)."""
+    knots: dict[str, list[float]] = {}
+    for n in names:
+        hb = hinge_base(n)
+        if hb:
+            knots.setdefault(hb[0], []).append(hb[1])
+    return knots
+
+
 def base_feature(name: str) -> str | None:
     """The raw feature an engineered column (window mean or hinge) is computed from."""
     b = window_base(name) or hinge_base(name)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vmpower import ingest
+from vmpower import engineer, ingest
 from vmpower.errors import InputError
 from vmpower.io import write_json, write_parquet
 
@@ -154,8 +154,6 @@ def vm_feature_frame(raw: ingest.RawTable, s: MergeSettings) -> tuple[pd.DataFra
         drop[gap] = "rate_gap"
         drop[reset] = "counter_reset"
         drop.iloc[0] = "rate_warmup"
-    from vmpower import engineer
-
     basis = engineer.hinges(feats, s.hinges)
     if len(basis.columns):
         feats = pd.concat([feats, basis], axis=1)
@@ -456,8 +454,6 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
 
 
 def _lag(frame: pd.DataFrame, s: MergeSettings) -> dict:
-    from vmpower import engineer
-
     return engineer.run_lag(frame, {"lag_feature": s.lag_feature, "lag_zone": s.lag_zone,
                                     "max_lag_seconds": s.max_lag_seconds})
 
@@ -482,8 +478,6 @@ def _merge_intervals(vm_path, host_path, vm_raw, host_raw, feats, feature_names,
     lag_zone = zones.index(s.lag_zone) if s.lag_zone in zones else ref
     cols = np.flatnonzero(present)
     # The offset is fitted on lag_feature, offset_features and their hinges (those in this run).
-    from vmpower import engineer
-
     offset_names = []
     for f in dict.fromkeys([s.lag_feature, *s.offset_features]):
         offset_names += [f, *[engineer.hinge_name(f, float(k)) for k in s.hinges.get(f, [])]]
@@ -625,8 +619,6 @@ def cmd_dataset(args) -> int:
             qualities[Path(q).name.removesuffix(".quality.json")] = json.load(fh)
     summary["run_quality"] = qualities
     # Feature engineering (vmpower.engineer): lag-corrected labels and causal windowed features.
-    from vmpower import engineer
-
     eng = engineer.settings_from(json.loads(args.settings) if args.settings else {})
     if eng["lag_correction"] or eng["windows"]:
         features = [c for c in data.columns if c not in ("run_id", "time", "t_rel", "time_delta_seconds",

@@ -210,27 +210,20 @@ def frame_features(raw, settings):
     return feats, feats.pop("_drop")
 
 
-def with_hinges(feats, features: list[str]):
-    """feats plus the hinge inputs among ``features`` it lacks. A hinge is a formula of one raw
-    feature (recorded in the model's metadata), so it is computed whatever hinges --config sets."""
+def for_model(settings, model: Model):
+    """settings computing exactly the hinge inputs the model needs: a hinge is a formula of one
+    raw feature, named in the model's features, whatever hinges --config sets."""
+    import dataclasses
+
     from vmpower import engineer
 
-    todo: dict[str, list[float]] = {}
-    for f in features:
-        hb = engineer.hinge_base(f) if f not in feats.columns else None
-        if hb and hb[0] in feats.columns:
-            todo.setdefault(hb[0], []).append(hb[1])
-    if not todo:
-        return feats
-    extra = engineer.hinges(feats, todo)
-    return feats.assign(**{c: extra[c] for c in extra.columns if c not in feats.columns})
+    return dataclasses.replace(settings, hinges=engineer.hinge_knots(model.features))
 
 
 def model_matrix(model: Model, feats, drop, settings, source):
     """The model's input matrix; rows whose rate features span a counter reset become NaN."""
     import numpy as np
 
-    feats = with_hinges(feats, model.features)
     missing = [f for f in model.features if f not in feats.columns]
     if missing:
         raise InputError(
@@ -252,6 +245,7 @@ def predict_file(model: Model, input_path: str | Path, settings):
     from vmpower import ingest
 
     raw = ingest.read_vm_features(input_path)
+    settings = for_model(settings, model)
     feats, drop = frame_features(raw, settings)
     X = model_matrix(model, feats, drop, settings, raw.path)
     watts = model.predict(X)
@@ -483,7 +477,7 @@ class Exporter:
     def __init__(self, model: Model, settings, node_name: str, registry=None):
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
-        self.model, self.settings, self.node_name = model, settings, node_name
+        self.model, self.settings, self.node_name = model, for_model(settings, model), node_name
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.watts = Gauge("kepler_node_cpu_watts", "Estimated CPU power of this VM's node by zone (W)",
@@ -523,7 +517,7 @@ class Exporter:
         if prev is None:
             return {}  # rates need two samples
         feats, drop = frame_features(live_frame(prev, record, self.settings), self.settings)
-        row = with_hinges(feats, self.model.features).iloc[-1]
+        row = feats.iloc[-1]
         values = np.array([row.get(f, np.nan) for f in self.model.features], dtype="float64")
         if self.rates and str(drop.iloc[-1]) == "counter_reset":
             values[[f in self.rates for f in self.model.features]] = np.nan
