@@ -16,5 +16,6 @@ run-slurm: demo-data cluster-up
 	$(VENV)/bin/snakemake --workflow-profile profiles/slurm
 	@$(VPY) -m vmpower report-paths --config config.yaml
 
+# Bounded like the slurm phase of scripts/run-tests.sh (normally 6-9 min).
 test-slurm: venv cluster-up
-	$(VPY) -m pytest -m slurm tests/slurm -q
+	timeout -k 30 1800 $(VPY) -m pytest -m slurm tests/slurm -q

@@ -16,6 +16,9 @@ rule report_markdown:
     log:
         "logs/report/markdown.log",
     threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         CONDA_ENV
     container:

@@ -30,7 +30,9 @@ phase collect   $PY -m pytest -q -m "(ssh or stress) and not docker and not slur
 phase workflow  $PY -m pytest -q -m "slow and not docker and not slurm and not ssh and not stress"
 phase images    make --no-print-directory images
 phase docker    $PY -m pytest -q -m "docker and not slurm"
-phase slurm     $PY -m pytest -q -m "slurm"
+# SLURM: a hung status check could otherwise wait forever (about 6-9 min normally; each build
+# inside has its own timeout too).
+phase slurm     timeout -k 30 1800 $PY -m pytest -q -m "slurm"
 
 echo "=== phase times"
 printf '%s\n' "${report[@]}"

@@ -17,7 +17,9 @@
 # from `slurmd -C`):
 #   /etc/slurm/slurm.conf      cluster "vmpower", one node, partition "main" (default)
 #   /etc/slurm/slurmdbd.conf   slurmdbd -> MariaDB over its unix socket (no password)
-#   /run/vmpower-slurm/        pid files of the daemons this script started (mysql/mariadb.pid)
+#   /run/vmpower-slurm/        pid files of the daemons this script started (mysql/mariadb.pid,
+#                              munged.pid: a copy of munged's own pid file, only when this
+#                              script started munged); stop-cluster.sh stops only these
 #   /var/log/slurm/            slurmctld.log, slurmd.log, slurmdbd.log, mariadb.log
 # A slurm.conf that this script did not write is never overwritten (a real site's).
 #
@@ -145,6 +147,9 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   rm -f /run/munge/munged.pid /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
   runuser -u munge -- /usr/sbin/munged --force
   wait_for "munged" /run/munge/munged.pid bash -c 'munge -n | unmunge'
+  # Record that this script started it: a munged that was already running (a site's) is left
+  # alone by stop-cluster.sh.
+  cp /run/munge/munged.pid "$STATE/munged.pid"
 fi
 
 # 4. MariaDB, for slurmdbd. Uses the package's data directory; the slurm OS user logs in
