@@ -20,7 +20,7 @@ def kepler():
     servers = []
 
     def make(vms=None, **kw):
-        k = FakeKepler(vms or [Vm("machine-qemu\\x2d1\\x2dfedora40", "fedora40")], **kw).start()
+        k = FakeKepler(vms or [Vm("2b7f0a52-8c1e-4d4e-9f3a-6c0e5d1a9b40", "fedora40")], **kw).start()
         servers.append(k)
         return k
 

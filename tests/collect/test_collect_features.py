@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from collect_helpers import live_stress_ng, subprocess_env
+from collect_helpers import REPO, live_stress_ng, subprocess_env
 
 from vmpower.collect import perf as perfmod
-from vmpower.collect.features import FeatureCollector, read_proc_stat
+from vmpower.collect.features import CLK_TCK, FeatureCollector, read_proc_stat
 
 COUNTERS = ("cpu_cycles", "instructions", "cache_references", "cache_misses", "branches", "branch_misses")
 REQUIRED = {
@@ -26,10 +26,13 @@ REQUIRED = {
     "cpu_irq", "cpu_softirq", "cpu_steal", "cpu_idle", "memory_usage_percent", "memory_available_gb",
     "disk_io_read_mb", "disk_io_write_mb", "network_bytes_sent", "network_bytes_recv", "process_count",
     "load_average_1min", "load_average_5min", "load_average_15min", "instructions_per_cycle",
-    "cache_miss_ratio", "branch_miss_ratio", "cpu_efficiency", "sys_cpu_user_seconds", "sys_cpu_system_seconds",
-    "sys_cpu_idle_seconds", "sys_cpu_iowait_seconds", "sys_context_switches", "sys_interrupts", "sys_forks",
-    "sys_procs_running", "sys_procs_blocked",
+    "cache_miss_ratio", "branch_miss_ratio", "cpu_efficiency", "sys_cpu_user_seconds_rate",
+    "sys_cpu_system_seconds_rate", "sys_cpu_idle_seconds_rate", "sys_cpu_iowait_seconds_rate",
+    "sys_context_switches_rate", "sys_interrupts_rate", "sys_forks_rate", "sys_procs_running", "sys_procs_blocked",
 }
+# what older collectors wrote: totals since boot (the pipeline turns them into <name>_rate)
+LEGACY_CUMULATIVE = ("sys_cpu_user_seconds", "sys_cpu_system_seconds", "sys_cpu_idle_seconds",
+                     "sys_cpu_iowait_seconds", "sys_context_switches", "sys_interrupts", "sys_forks")
 
 needs_stress = pytest.mark.skipif(shutil.which("stress-ng") is None, reason="stress-ng not installed")
 
@@ -92,9 +95,9 @@ def test_real_run_records_load_rise_and_exact_windows(tmp_path):
         assert b["timestamp_absolute"] - a["timestamp_absolute"] == pytest.approx(b["time_delta_seconds"],
                                                                                   abs=0.01)
         assert 0.8 < b["time_delta_seconds"] < 1.2
-        # cumulative /proc/stat counters only grow
-        assert b["sys_context_switches"] >= a["sys_context_switches"]
-        assert b["sys_cpu_user_seconds"] >= a["sys_cpu_user_seconds"]
+    for rec in data:  # rates, never totals since boot
+        assert not set(LEGACY_CUMULATIVE) & rec.keys()
+        assert rec["sys_context_switches_rate"] > 0 and rec["sys_cpu_user_seconds_rate"] >= 0
     assert sum(r["time_delta_seconds"] for r in data) == pytest.approx(data[-1]["timestamp"], abs=1.1)
     # workload annotation and the load it causes
     assert [r["stress_workload"] for r in data[:3]] == ["idle"] * 3
@@ -212,7 +215,7 @@ def test_sigterm_finalizes_array_and_stops_stress(tmp_path):
 
 
 def test_vm_kepler_process_seconds(tmp_path, kepler):
-    k = kepler(with_process_seconds=True)
+    k = kepler()  # Kepler 0.10 serves kepler_process_cpu_seconds_total (and process_cpu_seconds_total: not it)
     c = FeatureCollector(tmp_path / "f.json", interval=0.5, duration=2.0, kepler_url=k.url, use_perf=False,
                          progress=False)
     data = c.run()
@@ -235,3 +238,161 @@ def test_list_workloads_and_bad_workload(tmp_path):
                          env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("vmpower collect: error: --stress-workload: unknown")
+
+
+# ---------------------------------------------------------------- rates, not totals since boot
+
+
+def _spy_snapshots(monkeypatch) -> list:
+    """Record the real /proc snapshots the collector takes (it still reads /proc itself)."""
+    from vmpower.collect import features
+
+    snaps = []
+    real = features.take_snapshot
+
+    def spy(*args, **kw):
+        snap = real(*args, **kw)
+        snaps.append(snap)
+        return snap
+
+    monkeypatch.setattr(features, "take_snapshot", spy)
+    return snaps
+
+
+SYS_TOTALS = {  # legacy name -> its total since boot in a snapshot, as older collectors wrote it
+    "sys_cpu_user_seconds": lambda s: s.cpu["user"] / CLK_TCK,
+    "sys_cpu_system_seconds": lambda s: s.cpu["system"] / CLK_TCK,
+    "sys_cpu_idle_seconds": lambda s: s.cpu["idle"] / CLK_TCK,
+    "sys_cpu_iowait_seconds": lambda s: s.cpu["iowait"] / CLK_TCK,
+    "sys_context_switches": lambda s: s.ctxt,
+    "sys_interrupts": lambda s: s.intr,
+    "sys_forks": lambda s: s.forks,
+}
+
+
+def test_sys_rates_are_proc_deltas_over_the_exact_window(tmp_path, monkeypatch):
+    snaps = _spy_snapshots(monkeypatch)
+    c = FeatureCollector(tmp_path / "f.json", interval=0.5, duration=3.0, kepler_url="none", use_perf=False,
+                         progress=False)
+    data = c.run()
+    assert len(data) >= 5 and len(snaps) == len(data) + 1
+    for rec, prev, cur in zip(data, snaps, snaps[1:]):
+        dt = rec["time_delta_seconds"]
+        assert dt == cur.mono - prev.mono
+        for legacy, total in SYS_TOTALS.items():
+            assert legacy not in rec
+            assert rec[f"{legacy}_rate"] == pytest.approx((total(cur) - total(prev)) / dt, rel=1e-12, abs=1e-12)
+        # every CPU spends one second per second in some state: user+system+idle+iowait is at
+        # most the CPU count (nice/irq/softirq/steal make up the rest)
+        cpu_seconds = sum(rec[f"sys_cpu_{f}_seconds_rate"] for f in ("user", "system", "idle", "iowait"))
+        assert 0.3 * psutil.cpu_count() < cpu_seconds < 1.15 * psutil.cpu_count()
+        assert rec["sys_context_switches_rate"] > 0 and rec["sys_interrupts_rate"] > 0
+
+
+def test_new_rates_match_what_the_pipeline_makes_of_legacy_totals_and_serve_gets_them(tmp_path, monkeypatch):
+    """Files of older collectors carry the totals since boot under the legacy names; ingest turns
+    them into <name>_rate. A new file must give the same feature names and values, and the live
+    path of `vmpower serve` every feature a model trained on either kind needs."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from vmpower import ingest, predict
+    from vmpower.merge import MergeSettings, vm_feature_frame
+
+    snaps = _spy_snapshots(monkeypatch)
+    new_path = tmp_path / "vm_features_new.json"
+    data = FeatureCollector(new_path, interval=0.5, duration=3.0, kepler_url="none", use_perf=False,
+                            progress=False).run()
+    legacy = []
+    for rec, cur in zip(data, snaps[1:]):  # what the old collector wrote for the same windows
+        old = {k: v for k, v in rec.items() if not (k.startswith("sys_") and k.endswith("_rate"))}
+        old.update({name: total(cur) for name, total in SYS_TOTALS.items()})
+        legacy.append(old)
+    old_path = tmp_path / "vm_features_old.json"
+    old_path.write_text(json.dumps(legacy))
+    settings = MergeSettings.from_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    assert set(SYS_TOTALS) <= set(settings.cumulative_features)
+    new_f, new_names, _ = vm_feature_frame(ingest.read_vm_features(new_path), settings)
+    old_f, old_names, _ = vm_feature_frame(ingest.read_vm_features(old_path), settings)
+    assert sorted(new_names) == sorted(old_names)
+    rates = [f"{name}_rate" for name in SYS_TOTALS]
+    assert set(rates) <= set(new_names)
+    # the legacy rate spans wall-clock timestamps, the new one the monotonic window: same thing
+    np.testing.assert_allclose(new_f[rates].to_numpy()[1:], old_f[rates].to_numpy()[1:], rtol=2e-3)
+    assert old_f["_drop"].iloc[0] == "rate_warmup" and new_f["_drop"].isna().all()  # no warm-up sample lost
+
+    serve_settings = predict.load_settings(str(REPO / "config.yaml"))
+    for prev, cur in zip(data, data[1:]):
+        feats, drop = predict.frame_features(predict.live_frame(prev, cur, serve_settings), serve_settings)
+        row = feats.iloc[-1]
+        assert pd.isna(drop.iloc[-1])
+        assert set(old_names) <= set(feats.columns)
+        for name in old_names:
+            if np.isfinite(old_f[name].iloc[1:]).all():  # a feature the legacy file has: live has it too
+                assert np.isfinite(row[name]), name
+        for name in rates:
+            assert row[name] == pytest.approx(cur[name], rel=1e-12)
+
+
+# ---------------------------------------------------------------- outputs and the progress display
+
+
+def test_json_and_csv_outputs_and_quiet_when_not_a_tty(tmp_path):
+    """As the seed's collector: JSON and CSV; with stdout not a TTY, no progress output at all."""
+    out = tmp_path / "vm_features_q.json"
+    res = subprocess.run(_collector_cmd(out, "--duration", "1.5", "--interval", "0.5", "--no-perf"),
+                         env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    csv_path = out.with_suffix(".csv")
+    assert res.stdout == f"{len(data)} samples -> {out} and {csv_path}\n"  # one line, no bar
+    with open(csv_path, newline="") as fh:
+        rows = list(__import__("csv").DictReader(fh))
+    assert len(rows) == len(data) >= 2
+    assert [float(r["sys_context_switches_rate"]) for r in rows] == [r["sys_context_switches_rate"] for r in data]
+    out2 = tmp_path / "vm_features_n.json"
+    res = subprocess.run(_collector_cmd(out2, "--duration", "1", "--interval", "0.5", "--no-perf", "--no-csv"),
+                         env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and not out2.with_suffix(".csv").exists()
+
+
+def _run_on_pty(cmd: list[str], timeout: float = 60.0) -> str:
+    import os
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = dict(subprocess_env(), TERM="xterm-256color", COLUMNS="120")
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    assert proc.returncode == 0, b"".join(chunks)[-2000:]
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_bar_renders_on_a_tty(tmp_path):
+    out = tmp_path / "vm_features_tty.json"
+    text = _run_on_pty(_collector_cmd(out, "--duration", "2", "--interval", "0.5", "--no-perf"))
+    assert "vm features" in text  # rich's bar with its description ...
+    assert "/2 s" in text and "\x1b[" in text  # ... its progress and terminal control sequences
+    assert text.rstrip().endswith(f"and {out.with_suffix('.csv')}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from collect_helpers import REPO, live_stress_ng, subprocess_env
@@ -69,6 +71,7 @@ def test_explicit_flag_accepts_unknown_key_and_verifies_known(sshd, guest_projec
     o.connect()
     assert o.run_remote("echo ok")[1].strip() == "ok"
     o.client.close()
+    assert empty.read_text() == ""  # the unverified key was used once, never saved
     o = _orch(sshd, guest_project, "", tmp_path / "raw")  # the right known_hosts: verified, no flag
     o.connect()
     o.client.close()
@@ -148,9 +151,10 @@ def test_interrupt_stops_remote_processes_and_keeps_partial_data(sshd, guest_pro
 
 
 @pytest.mark.stress
-def test_end_to_end_run_directory_merges(sshd, guest_project, tmp_path, kepler, capsys):
+def test_end_to_end_run_directory_merges_and_builds_models(sshd, guest_project, tmp_path, kepler, capsys):
     """~20 s: guest = this machine over ssh with real stress-ng, host = loopback Kepler following
-    the real load. The run directory must satisfy docs/data-format.md and merge."""
+    the real load. The run directory must satisfy docs/data-format.md, merge, and the real
+    Snakemake workflow must build it into exported models (isolate -> train -> export)."""
     k = kepler(update_interval=1.0)
     raw = tmp_path / "raw"
     o = _orch(sshd, guest_project, k.url, raw, duration=20, workloads="idle:8,cpu_intensive:12",
@@ -193,10 +197,173 @@ def test_end_to_end_run_directory_merges(sshd, guest_project, tmp_path, kepler, 
     df = pd.read_parquet(merged)
     q = json.loads(quality.read_text())
     assert q["match_rate"] >= 0.8 and len(df) >= 12
+    assert q["time_base"] == "epoch"  # both files carry timestamp_absolute
     # the power the pipeline sees follows the guest's real load
     busy = df.loc[df["stress_workload"] == "cpu_intensive", "power_package"].tail(6).mean()
     idle = df.loc[df["stress_workload"] == "idle", "power_package"].tail(4).mean()
     util_idle = df.loc[df["stress_workload"] == "idle", "cpu_utilization"].tail(4).mean()
-    if util_idle > 85:
-        pytest.skip(f"machine saturated by other work (idle windows at {util_idle:.0f} %)")
-    assert busy > idle
+    saturated = util_idle > 85
+    if not saturated:
+        assert busy > idle
+
+    _build_models_from(run_dir, tmp_path / "ws")
+    if saturated:
+        pytest.skip(f"models built; load check skipped: machine saturated by other work (idle windows at "
+                    f"{util_idle:.0f} %)")
+
+
+def _build_models_from(run_dir: Path, ws: Path) -> None:
+    """The real workflow in a scratch copy of the repository with this run as its only data (one
+    run: the held-out rows are its last 20 %), limited to one feature group and one trainer."""
+    import math
+
+    import pandas as pd
+    import yaml
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from workflow import make_workspace, snakemake
+
+    make_workspace(ws, demo=False)
+    shutil.copytree(run_dir, ws / "data" / "raw" / "loopback" / run_dir.name)
+    overlay = ws / "collect-e2e.yaml"
+    overlay.write_text(yaml.safe_dump({"train": {"feature_groups": ["SystemOnly"], "trainers": ["LinearRegression"]}}))
+    t0 = time.monotonic()
+    snakemake(ws, "--cores", "2", "--configfile", overlay.name, timeout=1200)
+    assert time.monotonic() - t0 < 1200
+    res = ws / "results"
+    models = res / "models"
+    names = sorted(p.relative_to(models).as_posix() for p in models.glob("*/*/*.zip"))
+    assert names == [f"{ot}/SystemOnly/LinearRegressionTrainer_loopback.zip" for ot in ("AbsPower", "DynPower")]
+    for ot in ("AbsPower", "DynPower"):
+        model_dir = models / ot / "SystemOnly" / "LinearRegressionTrainer_loopback"
+        zones = sorted(p.stem for p in model_dir.glob("*.onnx"))
+        assert {"package", "core"} <= set(zones) and (model_dir / "metadata.json").is_file()
+        metrics = json.loads((res / "train" / "loopback" / ot / "SystemOnly" / "LinearRegression" /
+                              "metrics.json").read_text())
+        assert metrics["status"] == "trained"
+        assert metrics["evaluation"]["scheme"] == "last 20% of each run"
+        assert metrics["rows_heldout"] >= 2 and metrics["rows_train"] >= 8
+        assert set(metrics["zones"]) == set(zones)
+        assert any(f.startswith("sys_") and f.endswith("_rate") for f in metrics["features"])  # the new rates
+    best = json.loads((res / "best.json").read_text())
+    assert set(best) == {"loopback"} and set(best["loopback"]) == {"AbsPower", "DynPower"}
+    summary = pd.read_csv(res / "summary.csv")
+    trained = summary[summary["status"] == "trained"]
+    assert len(trained) == 2 * len(zones) and set(trained["node_type"]) == {"loopback"}
+    for col in ("mae", "rmse", "onnx_max_abs_diff"):
+        assert all(math.isfinite(v) for v in trained[col]), col
+    assert (trained["onnx_max_abs_diff"] <= 1e-3).all() and (trained["mae"] >= 0).all()
+
+
+def _guest_procs(guest: Path) -> list[psutil.Process]:
+    """Processes started in this test's "VM": their command line names its directory."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(guest) in a for a in (p.info["cmdline"] or [])):
+                out.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+@pytest.fixture
+def reap(guest_project):
+    """Whatever a failing test left running in its guest is killed afterwards (only ours)."""
+    yield
+    for p in _guest_procs(guest_project):
+        try:
+            for c in p.children(recursive=True):
+                c.kill()
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _wait_for_samples(guest: Path, n: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = list((guest / "data").glob("vm_features_*.json")) if (guest / "data").exists() else []
+        if files and len(files[0].read_text().splitlines()) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the guest collector wrote no {n} samples")
+
+
+def test_vm_python_cleanup_stops_the_remote_collector_and_its_stress(sshd, guest_project, tmp_path, kepler, reap):
+    """With --vm-python the recorded id must be the setsid'd collector's process group, so that
+    Ctrl-C stops the collector and, through it, every stress-ng: no orphans."""
+    k = kepler(update_interval=0.5)
+    py = guest_project / ".venv" / "bin" / "python"
+    o = _orch(sshd, guest_project, k.url, tmp_path / "raw", duration=60, workloads="cpu_intensive",
+              vm_python=str(py) if py.exists() else sys.executable)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("rc", o.run()))
+    t.start()
+    _wait_for_samples(guest_project, 3)
+    (collector,) = [p for p in _guest_procs(guest_project) if any("vm_features_" in a for a in p.cmdline())
+                    and "vmpower" in p.cmdline()]
+    stress = [c.pid for c in collector.children(recursive=True) if c.name().startswith("stress-ng")]
+    assert stress, "the guest should be running stress-ng"
+    assert o.remote.pgid == collector.pid == os.getpgid(collector.pid) == os.getsid(collector.pid)
+    o.stop()  # what Ctrl-C does
+    t.join(40)
+    assert not t.is_alive() and result["rc"] == 1
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (collector.is_running() and collector.status() != psutil.STATUS_ZOMBIE
+                                           or [p for p in live_stress_ng() if p.pid in stress]):
+        time.sleep(0.1)
+    assert not collector.is_running() or collector.status() == psutil.STATUS_ZOMBIE
+    assert not [p for p in live_stress_ng() if p.pid in stress]
+    data = json.loads(o.vm_file.read_text())  # SIGTERM let the guest finish its array
+    assert len(data) >= 3 and all(r["stress_workload"] == "cpu_intensive" for r in data)
+
+
+@pytest.mark.parametrize("with_vm_python", [True, False], ids=["vm-python", "venv-or-python3"])
+def test_wrong_project_path_is_a_clear_error(sshd, tmp_path, with_vm_python):
+    missing = tmp_path / "no such checkout"
+    raw = tmp_path / "raw"
+    o = _orch(sshd, missing, "http://127.0.0.1:9/metrics", raw, vm_python=sys.executable if with_vm_python else None)
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match="could not start the guest collector") as err:
+        o.run()
+    assert time.monotonic() - t0 < 20
+    msg = str(err.value)
+    assert "\n" not in msg and str(missing) in msg and "No such file or directory" in msg
+    assert not raw.exists() and not missing.exists()
+
+
+def test_guest_that_cannot_run_is_a_clear_error(sshd, guest_project, tmp_path):
+    raw = tmp_path / "raw"
+    o = _orch(sshd, guest_project, "http://127.0.0.1:9/metrics", raw, vm_python="/nonexistent/python3")
+    with pytest.raises(InputError, match=r"could not start the guest collector \(it exited at once\)") as err:
+        o.run()
+    assert "/nonexistent/python3" in str(err.value) and "\n" not in str(err.value)
+    assert not raw.exists()
+
+
+def test_vm_name_with_a_leading_dash_and_glob_characters(sshd, guest_project, tmp_path, kepler):
+    """`-web[1]` must reach the guest as the value of --vm-name (not as options) and select
+    exactly that VM's power on the host (not as a glob, which would not even match itself)."""
+    name = "-web[1]"
+    k = kepler([Vm("5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d", name, share=0.5),
+                Vm("0e0f4c8e-6d55-4bb1-9a3e-5f2f9c1d77aa", "-web1", share=0.25)],
+               update_interval=0.5, fixed_watts={"package": 20.0, "core": 8.0})
+    work = tmp_path / "host"
+    work.mkdir()
+    res = subprocess.run([sys.executable, "-m", "vmpower", "collect", "run", f"--vm-name={name}",
+                          "--vm-host", "127.0.0.1", "--vm-port", str(sshd.port), "--vm-user", sshd.user,
+                          "--vm-key-file", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts),
+                          "--vm-project-path", str(guest_project), "--duration", "3", "--workloads", "idle",
+                          "--kepler-url", k.url, "--vm-kepler-url", "none", "--node-type", "loopback",
+                          "--run-id", "dash", "--start-delay", "3"],
+                         env=subprocess_env(), capture_output=True, text=True, timeout=90, cwd=work)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"vm={name}" in (guest_project / "logs" / "vm_feature_collection.log").read_text()
+    import csv
+
+    run_dir = work / "data" / "raw" / "loopback" / "dash"
+    with open(next(run_dir.glob("bm_power_*.csv")), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) > 5 and all(r["vm_filter"] == "{'-web[1]'}" and r["vm_count"] == "1" for r in rows)
+    assert all(float(r["total_cpu_watts_package"]) == 10.0 for r in rows[5:])

@@ -41,7 +41,9 @@ def _add_vm(sub) -> None:
                    help="output file (JSON Lines while running, a JSON array at the end; "
                         "default: data/vm_features.json)")
     p.add_argument("--csv", default=None, metavar="PATH",
-                   help="also write the samples as CSV at the end")
+                   help="where the CSV copy of the samples goes, written at the end (default: the "
+                        "output's name with .csv: JSON and CSV, as the original collector)")
+    p.add_argument("--no-csv", action="store_true", help="write no CSV copy")
     p.add_argument("--kepler-url", default=DEFAULT_VM_KEPLER_URL,
                    help=f"Kepler inside the VM, for process CPU seconds (default: {DEFAULT_VM_KEPLER_URL}); "
                         "'none' disables it")
@@ -51,7 +53,7 @@ def _add_vm(sub) -> None:
     p.add_argument("--cpu-intensive-duration", type=_positive, default=None,
                    help="seconds of cpu_intensive in a sequence that names it without a duration")
     p.add_argument("--list-workloads", action="store_true", help="list the stress workloads and exit")
-    p.add_argument("--vm-name", default=None, help="VM name (for logs and the default file name)")
+    p.add_argument("--vm-name", default=None, help="VM name, recorded in the log")
     p.add_argument("--no-sync", action="store_true",
                    help="disable synchronized bracketed windows (sleep the interval between "
                         "samples instead of absolute deadlines; drifts)")
@@ -66,8 +68,12 @@ def _add_vm(sub) -> None:
 def _add_host(sub) -> None:
     p = sub.add_parser("host", help="host power collector (Kepler /metrics on the bare-metal host)",
                        description="Scrape Kepler's VM power and write the host power file.")
-    p.add_argument("--vm-names", "--vm-name", dest="vm_names", default="*",
-                   help="comma-separated VM names or glob patterns whose power is summed (default: all)")
+    p.add_argument("--vm-names", "--vm-name", dest="vm_names", default=None, metavar="NAMES",
+                   help="comma-separated VM names (exact: Kepler's vm_name, or for Kepler 0.7 the name "
+                        "in its libvirt vm_id; a full vm_id also works) whose power is summed")
+    p.add_argument("--vm-pattern", action="append", default=[], metavar="GLOB",
+                   help="also sum VMs whose name matches this glob pattern, e.g. 'fedora*' (repeatable); "
+                        "with neither option every running VM is summed")
     p.add_argument("--kepler-url", default=DEFAULT_HOST_KEPLER_URL,
                    help=f"Kepler metrics endpoint (default: {DEFAULT_HOST_KEPLER_URL})")
     p.add_argument("--duration", type=_non_negative, default=300.0,
@@ -88,7 +94,9 @@ def _add_run(sub) -> None:
     p = sub.add_parser("run", help="orchestrate guest + host collection over SSH",
                        description="Start the guest collector (and workloads) over SSH and the host "
                                    "collector here, in sync; gather data/raw/<node_type>/<run_id>/.")
-    p.add_argument("--vm-name", required=True, help="VM name as Kepler reports it (power filter)")
+    p.add_argument("--vm-name", required=True,
+                   help="VM name as Kepler reports it, matched exactly (power filter); "
+                        "a name starting with '-' needs the form --vm-name=-name")
     p.add_argument("--vm-host", required=True, help="VM IP or host name for SSH")
     p.add_argument("--vm-user", default="root", help="SSH user (default: root)")
     p.add_argument("--vm-port", type=int, default=22, help="SSH port (default: 22)")
@@ -96,7 +104,8 @@ def _add_run(sub) -> None:
     p.add_argument("--known-hosts", default=None,
                    help="known_hosts file to verify the VM's host key (in addition to the system ones)")
     p.add_argument("--insecure-accept-host-key", action="store_true",
-                   help="accept an unknown VM host key (DANGEROUS: no protection against MITM)")
+                   help="accept an unknown VM host key for this run, without saving it anywhere "
+                        "(DANGEROUS: no protection against MITM)")
     p.add_argument("--vm-project-path", default="/root/vmpower",
                    help="vmpower checkout inside the VM (default: /root/vmpower)")
     p.add_argument("--vm-python", default=None,

@@ -2,7 +2,9 @@
 
 At each tick we take one snapshot of every cumulative source (/proc/stat, /proc/vmstat,
 disk and network counters, clocks); a sample is the difference of two consecutive snapshots,
-so windows are contiguous and ``time_delta_seconds`` is their measured length.
+so windows are contiguous and ``time_delta_seconds`` is their measured length. Counters are
+written as counts within the window or per-second rates over it, never as totals since boot
+(except ``node_process_cpu_seconds_total``, whose name says so).
 """
 
 from __future__ import annotations
@@ -30,6 +32,18 @@ TARGET_ZONES = ["package", "core"]
 PERF_FIELDS = ("cpu_cycles", "instructions", "cache_references", "cache_misses", "branches",
                "branch_misses", "page_faults", "context_switches")
 CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+# /proc/stat counters as per-second rates over the window. Older collectors wrote the totals
+# since boot under the names without "_rate"; the pipeline's ingest (ingest.cumulative_features)
+# turns those into exactly these names, so files of both kinds give the same features.
+SYS_RATES = {
+    "sys_cpu_user_seconds_rate": lambda s: s.cpu["user"] / CLK_TCK,
+    "sys_cpu_system_seconds_rate": lambda s: s.cpu["system"] / CLK_TCK,
+    "sys_cpu_idle_seconds_rate": lambda s: s.cpu["idle"] / CLK_TCK,
+    "sys_cpu_iowait_seconds_rate": lambda s: s.cpu["iowait"] / CLK_TCK,
+    "sys_context_switches_rate": lambda s: s.ctxt,
+    "sys_interrupts_rate": lambda s: s.intr,
+    "sys_forks_rate": lambda s: s.forks,
+}
 
 
 @dataclass
@@ -119,6 +133,7 @@ def os_features(prev: Snapshot, cur: Snapshot) -> dict:
     """OS metrics of the window [prev, cur]."""
     import psutil
 
+    dt = cur.mono - prev.mono
     dcpu = {k: max(0, cur.cpu[k] - prev.cpu[k]) for k in CPU_FIELDS}
     total = sum(dcpu.values())
 
@@ -152,17 +167,12 @@ def os_features(prev: Snapshot, cur: Snapshot) -> dict:
         "load_average_5min": la5,
         "load_average_15min": la15,
         "cpu_efficiency": round(busy / total, 6) if total > 0 else 0.0,
-        # /proc/stat: cumulative since boot (the pipeline turns these into rates) and gauges
-        "sys_cpu_user_seconds": cur.cpu["user"] / CLK_TCK,
-        "sys_cpu_system_seconds": cur.cpu["system"] / CLK_TCK,
-        "sys_cpu_idle_seconds": cur.cpu["idle"] / CLK_TCK,
-        "sys_cpu_iowait_seconds": cur.cpu["iowait"] / CLK_TCK,
-        "sys_context_switches": cur.ctxt,
-        "sys_interrupts": cur.intr,
-        "sys_forks": cur.forks,
-        "sys_procs_running": cur.procs_running,
-        "sys_procs_blocked": cur.procs_blocked,
     }
+    for name, total_of in SYS_RATES.items():
+        delta = _delta(total_of(prev), total_of(cur))
+        out[name] = delta / dt if delta is not None and dt > 0 else None
+    out["sys_procs_running"] = cur.procs_running  # gauges
+    out["sys_procs_blocked"] = cur.procs_blocked
     return out
 
 
@@ -376,6 +386,16 @@ def write_csv(records: list[dict], path: str | os.PathLike) -> None:
                 w.writerow({k: (";".join(v) if isinstance(v, list) else v) for k, v in r.items()})
 
 
+def csv_path(args) -> str | None:
+    """The CSV copy: --csv, else beside the JSON output (the seed's collector saves both)."""
+    if args.no_csv:
+        return None
+    if args.csv:
+        return args.csv
+    out = Path(args.output)
+    return None if out.suffix.lower() == ".csv" else str(out.with_suffix(".csv"))
+
+
 def main_vm(args) -> int:
     from vmpower.collect.stress import list_workloads
 
@@ -386,7 +406,7 @@ def main_vm(args) -> int:
     collector = FeatureCollector(args.output, interval=args.interval, duration=args.duration or None,
                                  workloads=args.workloads, cpu_intensive_duration=args.cpu_intensive_duration,
                                  kepler_url=args.kepler_url, use_perf=not args.no_perf, sync=not args.no_sync,
-                                 start_at=args.start_at, csv_path=args.csv, vm_name=args.vm_name)
+                                 start_at=args.start_at, csv_path=csv_path(args), vm_name=args.vm_name)
     stopped = threading.Event()
 
     def on_stop():
@@ -395,5 +415,6 @@ def main_vm(args) -> int:
 
     with stop_on_signals(on_stop):
         records = collector.run()
-    print(f"{len(records)} samples -> {args.output}" + (" (stopped early)" if stopped.is_set() else ""))
+    print(f"{len(records)} samples -> {args.output}" + (f" and {collector.csv_path}" if collector.csv_path else "")
+          + (" (stopped early)" if stopped.is_set() else ""))
     return 0

@@ -4,12 +4,15 @@ Writes the host power file of docs/data-format.md incrementally (CSV rows, or JS
 become a JSON array at the end). When Kepler is down, slow or returns garbage it retries with
 backoff, records the gap (log + ``gaps_<output stem>.json`` beside the output; the name does
 not match ``bm_power_*`` so the run directory keeps exactly one power file) and carries on.
-No row is written without a value for every zone column (never NaN).
+No row is written without a value for every zone column (never NaN). Whatever goes wrong with
+one scrape (refused, reset, truncated body, bad status line, unexpected error) is a gap, never a
+crash.
 """
 
 from __future__ import annotations
 
 import csv
+import http.client
 import logging
 import os
 import time
@@ -19,17 +22,12 @@ from pathlib import Path
 
 from vmpower.collect.common import (JsonlWriter, Progress, Schedule, finalize_json_array, iso_local,
                                     setup_file_log, stop_on_signals)
-from vmpower.collect.kepler import ZONE_ORDER, JoulesRate, MetricsError, matches, parse
+from vmpower.collect.kepler import ZONE_ORDER, JoulesRate, MetricsError, VmFilter, parse
 from vmpower.errors import InputError
 
 log = logging.getLogger("vmpower.collect.host")
 
 ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-
-
-def vm_filter_repr(patterns: list[str]) -> str:
-    """Python set repr (``{'fedora40'}``), sorted so the file is deterministic."""
-    return "{" + ", ".join(repr(p) for p in sorted(set(patterns))) + "}"
 
 
 def gaps_path(output: str | os.PathLike) -> Path:
@@ -53,7 +51,8 @@ class Fetcher:
 
 
 class HostCollector:
-    def __init__(self, url: str, output: str | os.PathLike, *, vm_patterns: list[str] | None = None,
+    def __init__(self, url: str, output: str | os.PathLike, *, vm_names: list[str] | None = None,
+                 vm_patterns: list[str] | None = None,
                  interval: float = 0.1, duration: float | None = 300.0, timeout: float = 1.0,
                  start_at: float | None = None, max_backoff: float = 5.0, progress: bool | None = None,
                  fsync_every: int = 10):
@@ -62,7 +61,8 @@ class HostCollector:
         if self.output.suffix.lower() not in (".csv", ".json"):
             raise InputError(self.output, "host output must end in .csv or .json")
         self.as_json = self.output.suffix.lower() == ".json"
-        self.patterns = [p.strip() for p in (vm_patterns or ["*"]) if p.strip()] or ["*"]
+        # exact names (or vm_ids); glob patterns only when given as patterns; neither = every VM
+        self.filter = VmFilter.of(vm_names, vm_patterns)
         self.interval = float(interval)
         self.duration = float(duration) if duration else None
         self.fetch = Fetcher(url, timeout)
@@ -85,11 +85,11 @@ class HostCollector:
         self.schedule.stop()
 
     # -- gaps -------------------------------------------------------------------------------
-    def _fail(self, reason: str, now_wall: float) -> None:
+    def _fail(self, reason: str, now_wall: float, unexpected: BaseException | None = None) -> None:
         self.failures += 1
-        if self._gap is None:
+        if self._gap is None:  # logged once per streak of failures
             self._gap = {"start": now_wall, "start_iso": iso_local(now_wall), "reason": reason, "attempts": 0}
-            log.warning("Kepler %s: %s; retrying with backoff", self.url, reason)
+            log.warning("Kepler %s: %s; retrying with backoff", self.url, reason, exc_info=unexpected)
             self.rates.reset()  # no rate across a gap
             self._write_gaps()
         self._gap["attempts"] += 1
@@ -119,7 +119,7 @@ class HostCollector:
 
     # -- one scrape ------------------------------------------------------------------------------
     def _row(self, readings, t_rel: float, wall: float, mono: float) -> dict | None:
-        chosen = [r for r in readings if r.state == "running" and matches(r, self.patterns)]
+        chosen = [r for r in readings if r.state == "running" and self.filter.matches(r)]
         sums: dict[str, float] = {}
         vms: list[dict] = []
         names: set[str] = set()
@@ -141,7 +141,7 @@ class HostCollector:
                         "node_name": r.node_name, "zone": r.zone, "watts": watts, "state": r.state})
         if not chosen:
             if not self._no_match_logged:
-                log.warning("no running VM matches %s at %s (yet)", vm_filter_repr(self.patterns), self.url)
+                log.warning("no running VM matches %s at %s (yet)", self.filter, self.url)
                 self._no_match_logged = True
             return None
         if self.zones is None:
@@ -154,16 +154,16 @@ class HostCollector:
             row[f"total_cpu_watts_{z}"] = sums[z]
         row["vm_count"] = len(names)
         row["collection_interval"] = self.interval
-        row["vm_filter"] = vm_filter_repr(self.patterns)
+        row["vm_filter"] = str(self.filter)
+        row["timestamp_absolute"] = wall  # epoch (UTC): the merge aligns on it when both sides have it
         if self.as_json:
-            row["timestamp_absolute"] = wall
             row["vms"] = vms
         return row
 
     def run(self) -> int:
         log.info("collecting host power from %s for %s every %.3f s (VMs %s) -> %s", self.url,
                  f"{self.duration:g} s" if self.duration else "until stopped", self.interval,
-                 vm_filter_repr(self.patterns), self.output)
+                 self.filter, self.output)
         self.output.parent.mkdir(parents=True, exist_ok=True)
         progress = Progress("host power", self.duration, enabled=self.progress)
         writer = JsonlWriter(self.output, fsync_every=self.fsync_every) if self.as_json else None
@@ -185,21 +185,30 @@ class HostCollector:
                 if tick < next_try:
                     continue
                 self.scrapes += 1
+                unexpected = None
                 try:
                     text, ctype = self.fetch()
                     readings = parse(text, ctype)
                     if not readings:
-                        raise MetricsError("no kepler_vm_cpu_watts / kepler_vm_*_joules_total samples")
-                except (OSError, urllib.error.URLError, MetricsError, UnicodeError) as exc:
-                    reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-                    self._fail(reason, time.time())
+                        raise MetricsError("no kepler_vm_cpu_watts / kepler_vm_<zone>_joules_total samples")
+                    mono, wall = time.monotonic(), time.time()
+                    row = self._row(readings, mono - t0, wall, mono)
+                # IncompleteRead (body cut off) and BadStatusLine are HTTPException, not OSError
+                except (OSError, urllib.error.URLError, http.client.HTTPException, MetricsError,
+                        UnicodeError) as exc:
+                    failure = exc
+                except Exception as exc:  # last resort: one bad scrape must not end the run
+                    failure = unexpected = exc
+                else:
+                    failure = None
+                if failure is not None:
+                    reason = f"{type(failure).__name__}: {str(failure)[:200]}"
+                    self._fail(reason, time.time(), unexpected)
                     backoff = min(self.max_backoff, max(self.interval, backoff * 2 or self.interval * 2))
                     next_try = time.monotonic() + backoff
                     continue
-                mono, wall = time.monotonic(), time.time()
                 backoff = 0.0
                 self._recover(wall)
-                row = self._row(readings, mono - t0, wall, mono)
                 if row is None:
                     continue
                 if self.as_json:
@@ -234,12 +243,14 @@ class HostCollector:
 
 def main_host(args) -> int:
     setup_file_log(args.log_file, args.verbose)
-    collector = HostCollector(args.kepler_url, args.output, vm_patterns=args.vm_names.split(","),
+    names = [n.strip() for n in (args.vm_names or "").split(",") if n.strip()]
+    collector = HostCollector(args.kepler_url, args.output, vm_names=names, vm_patterns=args.vm_pattern,
                               interval=args.interval, duration=args.duration or None, timeout=args.timeout,
                               start_at=args.start_at)
     with stop_on_signals(collector.stop):
         rows = collector.run()
     print(f"{rows} rows -> {args.output} ({len(collector.gaps)} gaps)")
     if rows == 0:
-        raise InputError(args.kepler_url, "no power rows collected (Kepler unreachable or no matching VM)")
+        hint = "; names match exactly, globs go in --vm-pattern" if any(set(n) & set("*?[") for n in names) else ""
+        raise InputError(args.kepler_url, f"no power rows collected (Kepler unreachable or no matching VM{hint})")
     return 0

@@ -1,7 +1,8 @@
 """Orchestrator (``vmpower collect run``): one run directory from a VM over SSH + host Kepler.
 
 1. SSH to the VM (paramiko; host key verified against known_hosts, RejectPolicy unless
-   ``--insecure-accept-host-key``).
+   ``--insecure-accept-host-key``, which accepts an unknown key for this session only and never
+   writes it to any known_hosts file).
 2. Pick a common start instant a few seconds ahead; launch ``vmpower collect vm --start-at T``
    in the VM in its own session (setsid, so its process group can be killed as a whole) and the
    host collector here with the same ``--start-at``.
@@ -9,7 +10,8 @@
 On failure or Ctrl-C: kill the remote process group (the guest collector stops its stress-ng
 on SIGTERM), stop the host collector and still copy whatever the guest wrote (JSON Lines).
 
-Every remote argument goes through ``shlex.quote``: VM names and paths cannot inject commands.
+Every remote argument goes through ``shlex.quote`` and user-supplied option values are passed
+as ``--opt=value``: VM names and paths can neither inject commands nor pass for options.
 """
 
 from __future__ import annotations
@@ -68,6 +70,19 @@ def machine_spec() -> dict:
         "memory": round(psutil.virtual_memory().total / 1024 ** 3),
         "frequency": round(freq) if freq else None,
     }
+
+
+def _accept_unverified_policy():
+    """paramiko's AutoAddPolicy also saves the key into the loaded known_hosts file; this one
+    accepts an unknown key for this connection only (``--insecure-accept-host-key``)."""
+    import paramiko
+
+    class AcceptForThisSession(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client, hostname, key):
+            log.warning("accepting UNVERIFIED host key of %s (%s %s) for this session only; not saved",
+                        hostname, key.get_name(), key.get_fingerprint().hex())
+
+    return AcceptForThisSession()
 
 
 @dataclass
@@ -137,7 +152,7 @@ class Orchestrator:
             client.load_host_keys(self.known_hosts)
         if self.insecure:
             log.warning("accepting an unknown host key for %s (--insecure-accept-host-key)", self.vm_host)
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            client.set_missing_host_key_policy(_accept_unverified_policy())
         else:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         target = f"{self.vm_user}@{self.vm_host}:{self.vm_port}"
@@ -179,19 +194,23 @@ class Orchestrator:
     def guest_command(self, start_at: float, remote_output: str) -> str:
         q = shlex.quote
         py = q(self.vm_python) if self.vm_python else '"$PY"'
-        args = ["-m", "vmpower", "collect", "vm", "--duration", f"{self.duration:g}",
-                "--interval", f"{self.interval:g}", "--output", remote_output,
-                "--stress-workload", self.workloads, "--kepler-url", self.vm_kepler_url,
-                "--vm-name", self.vm_name, "--start-at", f"{start_at:.3f}"]
+        # --opt=value: a value starting with "-" (a VM named "-rf") stays a value
+        args = ["-m", "vmpower", "collect", "vm", f"--duration={self.duration:g}",
+                f"--interval={self.interval:g}", f"--output={remote_output}",
+                f"--stress-workload={self.workloads}", f"--kepler-url={self.vm_kepler_url}",
+                f"--vm-name={self.vm_name}", f"--start-at={start_at:.3f}"]
         if self.cpu_intensive_duration:
-            args += ["--cpu-intensive-duration", f"{self.cpu_intensive_duration:g}"]
+            args.append(f"--cpu-intensive-duration={self.cpu_intensive_duration:g}")
         if self.verbose:
             args.append("--verbose")
         pick_py = ('if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi; '
                    if not self.vm_python else "")
-        # setsid in a non-interactive shell: the background child is not a group leader, so
-        # setsid() happens in place and $! is both its pid and its process group id.
-        return (f"cd {q(self.project)} && mkdir -p data logs && {pick_py}"
+        # Separate statements, so "&" puts only the setsid command in the background (after an
+        # "a && b && c &" list, $! is a subshell's pid). A non-interactive shell has no job
+        # control: that child is not a group leader, setsid() happens in place, and $! is the
+        # collector's pid, session and process group id, which cleanup kills as a whole.
+        return (f"cd {q(self.project)} || exit 1; "
+                f"mkdir -p data logs || exit 1; {pick_py}"
                 f"PYTHONPATH={q(self.project + '/src')}${{PYTHONPATH:+:$PYTHONPATH}} "
                 f"setsid {py} {' '.join(q(a) for a in args)} "
                 f"> {q('logs/vm_collector_' + self.prefix + '_' + self.stamp + '.out')} 2>&1 < /dev/null & "
@@ -202,19 +221,39 @@ class Orchestrator:
         status, out, err = self.run_remote(self.guest_command(start_at, remote_output), timeout=30)
         pid = out.strip().splitlines()[-1] if out.strip() else ""
         if status != 0 or not pid.isdigit():
+            detail = " ".join((err or out).split())[:300]  # one line (the shell says why cd failed)
             raise InputError(f"{self.vm_host}:{self.project}",
-                             f"could not start the guest collector (exit {status}): {(err or out).strip()[:300]}")
+                             f"could not start the guest collector (exit {status}): {detail}")
         self.remote = RemoteProcess(pgid=int(pid), output=remote_output)
+        # a collector that cannot run (no such --vm-python, missing modules) exits at once
+        time.sleep(1.0)
+        if not self.remote_alive():
+            tail = " | ".join(line.strip() for line in self.remote_log_tail(5).splitlines() if line.strip())
+            self.remote = None
+            raise InputError(f"{self.vm_host}:{self.project}",
+                             f"could not start the guest collector (it exited at once): {tail[-300:]}")
         log.info("guest collector started in the VM (pgid %s), output %s", pid, remote_output)
         return self.remote
 
-    def remote_alive(self) -> bool:
-        status, _, _ = self.run_remote(f"kill -0 {int(self.remote.pgid)} 2>/dev/null", timeout=15)
+    def remote_alive(self, group: bool = False) -> bool:
+        """The guest collector (with ``group``: any process of its process group) still runs.
+
+        Zombies do not count: an orphan stays one until the VM's init reaps it, which can take
+        seconds, and ``kill -0`` would call it alive. State and group come from /proc/<pid>/stat
+        (``pid (comm) state ppid pgrp ...``), read with shell builtins only."""
+        pg = int(self.remote.pgid)
+        fields = 's=${s##*) }; set -- $s'  # what follows the last ")": state, ppid, pgrp, ...
+        if group:
+            script = (f'for f in /proc/[0-9]*/stat; do read -r s 2>/dev/null < "$f" || continue; {fields}; '
+                      f'if [ "$3" = {pg} ] && [ "$1" != Z ]; then exit 0; fi; done; exit 1')
+        else:
+            script = f'read -r s 2>/dev/null < /proc/{pg}/stat || exit 1; {fields}; [ "$1" != Z ]'
+        status, _, _ = self.run_remote(script, timeout=15)
         return status == 0
 
     def kill_remote(self, grace: float = 8.0) -> None:
         """SIGTERM the guest collector's process group (it finalizes its file and stops its
-        stress-ng), SIGKILL it if it does not exit in time."""
+        stress-ng), SIGKILL what is left of the group if it does not exit in time."""
         if self.remote is None or self.client is None:
             return
         pg = int(self.remote.pgid)
@@ -222,7 +261,7 @@ class Orchestrator:
             self.run_remote(f"kill -TERM -- -{pg} 2>/dev/null; true", timeout=15)
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
-                if not self.remote_alive():
+                if not self.remote_alive(group=True):
                     log.info("guest collector stopped")
                     return
                 time.sleep(0.3)
@@ -280,7 +319,8 @@ class Orchestrator:
             log.info("run directory %s", self.run_dir)
             write_json(machine_spec(), self.run_dir / "machine_spec.json")
             # the host collector runs a little longer than the guest so every guest window has power
-            self.host_collector = HostCollector(self.kepler_url, self.host_file, vm_patterns=[self.vm_name],
+            # the VM name is matched exactly (a VM named "web[1]" is not a glob pattern)
+            self.host_collector = HostCollector(self.kepler_url, self.host_file, vm_names=[self.vm_name],
                                                 interval=self.host_interval,
                                                 duration=self.duration + 2 * self.interval + 1.0,
                                                 start_at=start_at, progress=False)
