@@ -360,3 +360,102 @@ def test_hinge_basis_is_computed_per_sample_before_interval_averaging(tmp_path):
     # off by default for scripts without a config: no extra columns
     plain, _ = merge.merge_run(vm, bm, settings(alignment="window", hinges={}))
     assert not [c for c in plain.columns if "_hinge" in c]
+
+
+# ---------------------------------------------------------------- issue 2 review fixes
+
+
+def test_kept_overlap_matches_a_fine_grid():
+    lo, hi = np.array([0.0, 5.0, 12.0]), np.array([5.0, 10.0, 13.0])  # [10, 12) not kept
+    a = np.array([-1.0, 4.5, 9.8, 11.5, 12.2, 20.0])
+    b = a + 1.0
+    grid = np.linspace(-2, 22, 240001)
+    inside = ((grid[:, None] >= lo) & (grid[:, None] < hi)).any(axis=1)
+    step = grid[1] - grid[0]
+    expect = [inside[(grid >= x) & (grid < y)].sum() * step for x, y in zip(a, b)]
+    np.testing.assert_allclose(merge.kept_overlap(lo, hi, a, b), expect, atol=2e-4)
+    assert merge.kept_overlap(lo[:0], hi[:0], a, b).tolist() == [0.0] * len(a)
+
+
+def test_kepler_interval_match_rate_counts_samples_that_straddle_an_update(tmp_path):
+    # 1 s VM samples, 5 s Kepler intervals at .37: every fifth sample straddles an update. Only
+    # the samples of dropped intervals (the run's edges) and the rate warm-up are unmatched.
+    vm, bm, _ = kepler_pair(tmp_path, skew=0.0)
+    data, q = merge.merge_run(vm, bm, settings(alignment="kepler_interval"))
+    n, dropped = q["vm_samples"], q["vm_samples_dropped"]
+    edge = sum(q["rows_dropped"].values())
+    assert set(dropped) <= {"rate_warmup", "low_vm_coverage", "outside_kepler_updates"}, dropped
+    assert dropped.get("rate_warmup") == 1 and sum(dropped.values()) == n - q["vm_samples_matched"]
+    assert n - q["vm_samples_matched"] <= 1 + 5 * edge + 2
+    assert q["match_rate"] == q["vm_samples_matched"] / n > 0.9
+
+
+def test_merge_csv_keeps_epoch_precision_unique_columns_and_bookkeeping_out(tmp_path, run):
+    vm, bm, _ = run
+    out = tmp_path / "training_dataset.csv"
+    cmd = [sys.executable, "-m", "vmpower", "merge", "--vm-features", str(vm), "--bm-power", str(bm),
+           "--output", str(out), "--verbose"]  # merge_datasets.py's --verbose after the options
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    header = out.read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)), "duplicate CSV columns"
+    assert not {"timestamp", "timestamp_absolute", "collection_interval", "sys_context_switches"} & set(header)
+    df = pd.read_csv(out)
+    assert df["time"].is_unique and np.allclose(np.diff(df["time"]), 1.0, atol=1e-6)
+    np.testing.assert_allclose(df["sys_context_switches_rate"], 1000.0)
+
+
+def test_utc_offset_setting_aligns_naive_only_with_epoch_only(tmp_path, run):
+    vm_naive = tmp_path / "vm_features_n.json"
+    write_vm(vm_naive, [{k: v for k, v in r.items() if k != "timestamp_absolute"} for r in vm_records()])
+    _, _, host_df = run
+    bj = tmp_path / "bm_power_e.json"
+    write_host_json(bj, host_df)
+    recs = json.loads(bj.read_text())
+    bj.write_text(json.dumps([{k: v for k, v in r.items() if k != "timestamp_iso"} for r in recs]))
+    with pytest.raises(InputError, match=r"bm_power_e\.json: cannot align.*vm_utc_offset_seconds"):
+        merge.merge_run(vm_naive, bj, settings())
+    data, q = merge.merge_run(vm_naive, bj, settings(vm_utc_offset_seconds=7200.0))
+    ref, _ = merge.merge_run(vm_naive, run[1], settings())  # naive on both sides
+    assert q["time_base"] == "epoch" and q["match_rate"] == 1.0
+    np.testing.assert_allclose(data["power_package"].to_numpy(), ref["power_package"].to_numpy(), rtol=1e-9)
+    # a wrong offset (the other time zone) is caught as no overlap, never silently misaligned
+    with pytest.raises(InputError, match="no time overlap"):
+        merge.merge_run(vm_naive, bj, settings(vm_utc_offset_seconds=-7200.0))
+
+
+def test_perf_counters_absent_per_counter_and_per_flagged_sample(tmp_path, run):
+    _, bm, _ = run
+    recs = vm_records()
+    for i, r in enumerate(recs):
+        r["page_faults"] = 0  # an older collector without perf: 0 for the whole run
+        r["context_switches"] = float(500 + i)  # read from /proc: real values
+        if i >= 30:  # perf lost mid-run: counters null, flagged
+            r.update(cpu_cycles=None, instructions=0, perf_available=False)
+        else:
+            r["perf_available"] = True
+    vm = write_vm(tmp_path / "vm_features_f.json", recs)
+    data, q = merge.merge_run(vm, bm, settings(perf_features=["cpu_cycles", "instructions", "page_faults",
+                                                              "context_switches"]))
+    assert data["page_faults"].isna().all()
+    assert data["context_switches"].notna().all()  # nonzero where flagged: a real reading
+    assert len(data) == 59  # rows are samples 1..59 (sample 0: rate warm-up)
+    late = data.index >= 29
+    assert data.loc[late, ["cpu_cycles", "instructions"]].isna().all().all()
+    assert data.loc[~late, ["cpu_cycles", "instructions"]].notna().all().all()
+    assert q["vm_perf_available"] is True and q["vm_rows_without_perf"] == 30
+
+
+def test_host_csv_cut_mid_line_keeps_the_rows_before_it(tmp_path, run):
+    vm, bm, host_df = run
+    cut = tmp_path / "bm_power_cut.csv"
+    text = bm.read_text()
+    cut.write_text(text[: len(text) - 30])  # host collector killed mid-line
+    data, q = merge.merge_run(vm, cut, settings())
+    full, _ = merge.merge_run(vm, bm, settings())
+    assert q["host_incomplete_last_line"] == 1 and q["host_samples"] == len(host_df) - 1
+    np.testing.assert_allclose(data["power_package"].to_numpy(), full["power_package"].to_numpy()[: len(data)])
+    garbage = tmp_path / "bm_power_bad.csv"
+    garbage.write_text(text.replace(",1,0.1,", ",1,0.1,extra,", 1) + "\n")  # a bad row in the middle
+    with pytest.raises(InputError, match=r"bm_power_bad\.csv: malformed CSV"):
+        merge.merge_run(vm, garbage, settings())

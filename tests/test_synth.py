@@ -363,3 +363,10 @@ def test_bad_config_is_a_one_line_input_error(tmp_path):
     bad.write_text(yaml.safe_dump(doc))
     with pytest.raises(InputError, match="surprise"):
         synth.load_config(bad)
+
+
+def test_docs_noise_floor_table_is_the_generated_one(out, cfg):
+    """docs/demo-data.md quotes the noise floors the default config actually produces."""
+    table = synth.noise_floor_table(out, list(cfg["node_types"]), ["package", "core", "dram", "uncore"])
+    docs = (Path(__file__).resolve().parent.parent / "docs/demo-data.md").read_text()
+    assert table in docs, f"docs/demo-data.md is stale; `vmpower synth --noise-table` gives:\n{table}"

@@ -18,9 +18,13 @@ def set_train(ws, feature_groups, trainers):
     (ws / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-def small_config(ws):
-    """A slice of the demo (two node types, two trainers) for the repeated builds."""
-    set_train(ws, ["Full"], ["LinearRegression", "XGBRegressor"])
+ALL_TRAINERS = ["LinearRegression", "SGDRegressor", "GradientBoostingRegressor", "XGBRegressor",
+                "KNeighborsRegressor"]
+
+
+def small_config(ws, trainers=("LinearRegression", "XGBRegressor")):
+    """A slice of the demo (two node types, one feature group) for the repeated builds."""
+    set_train(ws, ["Full"], list(trainers))
     for nt in sorted((ws / "data/raw").iterdir())[2:]:
         shutil.rmtree(nt)
 
@@ -142,30 +146,132 @@ def test_adding_a_run_rebuilds_only_its_node_type(demo):
 def test_two_clean_builds_with_1_and_2_cores_are_byte_identical(tmp_path):
     a = make_workspace(tmp_path / "a")
     b = make_workspace(tmp_path / "b")
-    small_config(a)
-    small_config(b)
+    small_config(a, ALL_TRAINERS)  # every trainer's ONNX and archive must be reproducible
+    small_config(b, ALL_TRAINERS)
     snakemake(a, "--cores", "1")
     snakemake(b, "--cores", "2")
     da, db = tree_digest(a / "results"), tree_digest(b / "results")
     assert len(da) > 30
+    zips = sorted(p for p in da if p.endswith(".zip"))
+    assert {p.rsplit("/", 1)[1].split("Trainer_")[0] for p in zips} == set(ALL_TRAINERS)
+    assert len(zips) == 2 * 2 * len(ALL_TRAINERS)  # node types x output types x trainers
     assert da == db
     kinds = {p.rsplit(".", 1)[-1] for p in da}
     assert {"parquet", "zip", "json", "onnx", "csv", "md"} <= kinds
 
 
+def _json_records(path):
+    """A VM file's records, array or JSON Lines (the demo writes both forms)."""
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not text.endswith("\n"):
+        lines = lines[:-1]  # a collector killed mid-write (the demo has such files)
+    return [json.loads(line) for line in lines]
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _vm_drop_times(path):
+    recs = [{k: v for k, v in r.items() if k not in ("timestamp_absolute", "timestamp_iso")} for r in _json_records(path)]
+    path.write_text(json.dumps(recs))
+
+
+def _vm_shift_a_day(path):
+    recs = _json_records(path)
+    for r in recs:
+        r["timestamp_absolute"] += 86400.0
+        r["timestamp_iso"] = "2025-03-11" + r["timestamp_iso"][10:]
+    path.write_text(json.dumps(recs))
+
+
+def _vm_nan(path):
+    recs = _json_records(path)
+    recs[7]["cpu_utilization"] = None
+    path.write_text(json.dumps(recs))
+
+
+def _host_csv(path, edit):
+    df = pd.read_csv(path, dtype={"timestamp_iso": str})
+    edit(df)
+    df.to_csv(path, index=False)
+
+
+def _host_drop_times(df):
+    df.drop(columns=["timestamp_iso"], inplace=True)
+
+
+def _host_drop_package(df):
+    df.drop(columns=["total_cpu_watts_package"], inplace=True)
+
+
+def _host_nan(df):
+    df.loc[42, "total_cpu_watts_core"] = float("nan")
+
+
+def _host_shift_a_day(df):
+    df["timestamp_iso"] = "2025-03-11" + df["timestamp_iso"].str[10:]
+
+
+# (side, how the file is damaged, the one line expected in the job's log after "<file>: ").
+BAD_INPUTS = {
+    "vm-truncated": ("vm", _truncate, r"truncated JSON array \(no closing '\]'\)"),
+    "vm-empty": ("vm", lambda p: p.write_text(""), r"empty file"),
+    "vm-no-times": ("vm", _vm_drop_times, r"no absolute time: needs timestamp_absolute or timestamp_iso"),
+    "vm-no-overlap": ("vm", _vm_shift_a_day, r"no time overlap with bm_power_\S+ on the \w+ clock"),
+    "vm-nan": ("vm", _vm_nan, r"feature cpu_utilization has 1 NaN/null values \(first at row 7\)"),
+    "host-truncated": ("host", lambda p: p.write_bytes(p.read_bytes()[:30]), r"(malformed|truncated|no data rows)"),
+    "host-empty": ("host", lambda p: p.write_text(""), r"empty file"),
+    "host-no-times": ("host", lambda p: _host_csv(p, _host_drop_times),
+                      r"no absolute time: needs timestamp_absolute or timestamp_iso"),
+    "host-no-overlap": ("host", lambda p: _host_csv(p, _host_shift_a_day), r"no time overlap"),
+    "host-missing-zone": ("host", lambda p: _host_csv(p, _host_drop_package),
+                          r"missing zone column\(s\) total_cpu_watts_package \(zones present: core, dram, uncore\)"),
+    "host-nan": ("host", lambda p: _host_csv(p, _host_nan), r"total_cpu_watts_core has 1 NaN"),
+}
+
+
 def test_bad_input_stops_that_job_with_one_line_and_no_outputs(tmp_path):
+    """Every kind of bad input, each in its own run: the run's merge job stops with one line
+    naming the file and the problem, leaves no output, and the other runs still build."""
+    import re
+
     ws = make_workspace(tmp_path / "bad")
-    small_config(ws)
-    run = ws / "data/raw/demo-epyc/run02-cycling"
-    vm = next(run.glob("vm_features_*.json"))
-    vm.write_bytes(vm.read_bytes()[: vm.stat().st_size // 2])  # truncated array
-    res = snakemake(ws, "--cores", "2", "--keep-going", check=False)
+    csv_runs = sorted(p for p in (ws / "data/raw").glob("*/run*") if next(p.glob("bm_power_*.csv"), None))
+    json_runs = sorted(p for p in (ws / "data/raw").glob("*/run*") if next(p.glob("bm_power_*.json"), None))
+    assert len(csv_runs) >= len(BAD_INPUTS) and json_runs, (csv_runs, json_runs)
+    damaged = {}
+    for (case, (side, damage, problem)), run in zip(BAD_INPUTS.items(), csv_runs):
+        path = next(run.glob("vm_features_*.json" if side == "vm" else "bm_power_*.csv"))
+        damage(path)
+        damaged[case] = (run, path, problem)
+    host_json = next(json_runs[0].glob("bm_power_*.json"))  # the host collector's JSON form
+    _truncate(host_json)
+    damaged["host-json-truncated"] = (json_runs[0], host_json, r"truncated JSON array")
+    intact = [r for r in sorted((ws / "data/raw").glob("*/run*")) if r not in [d[0] for d in damaged.values()]]
+    targets = [f"results/merged/{r.parent.name}/{r.name}.parquet" for r in sorted((ws / "data/raw").glob("*/run*"))]
+    res = snakemake(ws, "--cores", "2", "--keep-going", *targets, check=False)
     assert res.returncode != 0
-    log = (ws / "logs/merge/demo-epyc/run02-cycling.log").read_text().strip().splitlines()
-    assert log == [f"vmpower merge: error: {vm.relative_to(ws)}: truncated JSON array (no closing ']')"]
-    assert not list((ws / "results/merged/demo-epyc").glob("run02-cycling*"))
-    # other node types still built (keep-going), nothing half-written anywhere
-    assert (ws / "results/datasets/demo-xeon-e5.parquet").exists()
+    wrong = []
+    for case, (run, path, problem) in damaged.items():
+        log = (ws / f"logs/merge/{run.parent.name}/{run.name}.log").read_text().strip().splitlines()
+        # The line starts with the file at fault; a problem of the pair (no overlap) may name
+        # the VM file first and the damaged file after it.
+        m = re.fullmatch(r"vmpower merge: error: (\S+): (.*)", log[0]) if len(log) == 1 else None
+        if not (m and (ws / m.group(1)).parent == run and path.name in log[0] and re.search(problem, m.group(2))):
+            wrong.append(f"{case}: {log}")
+        assert not list((ws / f"results/merged/{run.parent.name}").glob(f"{run.name}*")), case
+    assert not wrong, "\n".join(wrong)
+    for run in intact:  # the undamaged runs were merged (keep-going)
+        assert (ws / f"results/merged/{run.parent.name}/{run.name}.parquet").is_file(), run
+    # Snakemake shows the failed job's log (profiles/default show-failed-logs): the line is on the console.
+    console = res.stdout + res.stderr
+    first = damaged["vm-truncated"]
+    assert f"{first[1].name}: truncated JSON array" in console
+    # nothing half-written anywhere
     assert not [p for p in (ws / "results").rglob(".*") if p.is_file() and p.name != ".snakemake_timestamp"]
 
 

@@ -137,7 +137,7 @@ def _read_json_bytes(path: Path, data: bytes) -> tuple[pa.Table, dict]:
     last_nl = body.rfind(b"\n")
     last = body[last_nl + 1 :]
     if not _is_complete_object(last):
-        notes["vm_incomplete_last_line"] = 1
+        notes["incomplete_last_line"] = 1
         body = body[: max(last_nl, 0)]
         if not body.strip():
             raise InputError(path, "truncated JSON Lines: no complete sample")
@@ -208,9 +208,12 @@ def read_host_power(path: str | Path) -> RawTable:
     names = [h.strip().strip('"') for h in header.split(",")]
     keep = [n for n in names if n not in HOST_DROP] or None
 
+    source: object = path
+    notes: dict = {}
+
     def read(iso_type):
         return pacsv.read_csv(
-            path,
+            source,
             read_options=pacsv.ReadOptions(use_threads=True, block_size=1 << 24),
             convert_options=pacsv.ConvertOptions(
                 column_types={"timestamp_iso": iso_type, "vm_filter": pa.string()},
@@ -220,18 +223,41 @@ def read_host_power(path: str | Path) -> RawTable:
             ),
         )
 
-    try:
+    def parse():
         try:
             # Naive ISO times parsed by Arrow's C++ parser (no Python string per row); any
             # other form (offsets, bad values) is read as text and checked by naive_seconds.
-            table = read(pa.timestamp("ns"))
+            return read(pa.timestamp("ns"))
         except (pa.ArrowInvalid, pa.ArrowTypeError):
-            table = read(pa.string())
+            return read(pa.string())
+
+    try:
+        table = parse()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise InputError(path, f"malformed CSV ({_short(exc)})") from None
+        cut = _cut_last_line(path)
+        if cut is None:
+            raise InputError(path, f"malformed CSV ({_short(exc)})") from None
+        # A collector killed mid-write leaves a partial last line: the rows before it are kept.
+        source, notes = pa.BufferReader(cut), {"incomplete_last_line": 1}
+        try:
+            table = parse()
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc2:
+            raise InputError(path, f"malformed CSV ({_short(exc2)})") from None
     if table.num_rows == 0:
         raise InputError(path, "CSV has a header but no rows")
-    return RawTable(path, _to_frame(table, drop=HOST_DROP), {})
+    return RawTable(path, _to_frame(table, drop=HOST_DROP), notes)
+
+
+def _cut_last_line(path: Path) -> bytes | None:
+    """The file without its last line when that line lacks its newline (else None)."""
+    with open(path, "rb") as fh:
+        fh.seek(-1, 2)
+        if fh.read(1) == b"\n":
+            return None
+        fh.seek(0)
+        data = fh.read()
+    end = data.rfind(b"\n")
+    return data[: end + 1] if end > 0 else None
 
 
 def zones_in(df: pd.DataFrame) -> list[str]:

@@ -51,6 +51,9 @@ class MergeSettings:
     power_zone: str = "package"
     min_host_samples: int = 1
     vm_clock_offset_seconds: float = 0.0
+    # Local wall clock minus UTC (s) of each machine, for a file with only naive ISO times.
+    vm_utc_offset_seconds: float | None = None
+    host_utc_offset_seconds: float | None = None
     min_match_rate: float = 0.5
     zones: list[str] = field(default_factory=lambda: ["package", "core", "dram", "uncore"])
     required_zones: list[str] = field(default_factory=lambda: ["package", "core"])
@@ -101,23 +104,20 @@ def vm_feature_frame(raw: ingest.RawTable, s: MergeSettings) -> tuple[pd.DataFra
     feats = df[numeric].copy()
 
     # Perf unavailable: older collectors write 0 for the whole run, newer ones null. Both are
-    # "absent" (NaN), never a real zero.
+    # "absent" (NaN), never a real zero. Per counter: a guest collector may read some of them
+    # (page faults, context switches) from /proc when perf cannot count.
     perf_cols = [c for c in numeric if _matches(c, s.perf_features)]
     if perf_cols:
         block = feats[perf_cols]
-        absent_run = bool(((block == 0) | block.isna()).all().all())
-        if "perf_available" in df.columns and (df["perf_available"] == 0).all():
-            absent_run = True
-        if absent_run:
-            feats[perf_cols] = np.nan
-            notes["perf_available"] = False
-        else:
-            notes["perf_available"] = True
-            # Rows flagged perf_available=false keep NaN perf values; elsewhere NaN is an error.
-            if "perf_available" in df.columns:
-                flagged = (df["perf_available"] == 0).to_numpy()
-                feats.loc[flagged, perf_cols] = np.nan
-                notes["rows_without_perf"] = int(flagged.sum())
+        absent = ((block == 0) | block.isna()).all()
+        feats[list(absent.index[absent])] = np.nan
+        flagged = (df["perf_available"] == 0).to_numpy() if "perf_available" in df.columns else None
+        notes["perf_available"] = not (bool(absent.all()) or (flagged is not None and bool(flagged.all())))
+        if flagged is not None and flagged.any():
+            # Rows flagged perf_available=false: their perf zeros mean "not counted".
+            sub = feats.loc[flagged, perf_cols]
+            feats.loc[flagged, perf_cols] = sub.where(sub != 0)
+            notes["rows_without_perf"] = int(flagged.sum())
 
     allowed_nan = np.zeros(len(df), dtype=bool)
     if "perf_available" in df.columns:
@@ -300,6 +300,36 @@ def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, la
             "offset": offset, "uncertainty": np.maximum(unc[:-1], unc[1:])}, info
 
 
+def kept_overlap(lo: np.ndarray, hi: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Length of each window ``[a, b]`` covered by the sorted, disjoint intervals ``[lo, hi]``."""
+    if len(lo) == 0:
+        return np.zeros(len(a))
+    length = hi - lo
+    before = np.concatenate([[0.0], np.cumsum(length)])  # covered length before interval j
+
+    def measure(x):  # covered length of (-inf, x]
+        j = np.searchsorted(lo, x, side="right") - 1
+        inside = np.clip(x - lo[np.maximum(j, 0)], 0.0, length[np.maximum(j, 0)])
+        return np.where(j < 0, 0.0, before[np.maximum(j, 0)] + inside)
+
+    return measure(b) - measure(a)
+
+
+def sample_drop_reasons(lo, hi, reason, keep, mid, matched, drop) -> dict:
+    """{reason: VM samples} for the samples that are not matched: the sample's own drop reason
+    (rate warm-up, gap), else the reason of the interval holding its window's midpoint, else
+    ``outside_kepler_updates`` (before the first or after the last usable update)."""
+    k = np.searchsorted(hi, mid, side="left")
+    in_iv = (k < len(hi)) & (mid >= lo[np.minimum(k, len(lo) - 1)])
+    iv_reason = np.where(keep, "straddles_interval", reason.astype(object))
+    why = np.where(in_iv, iv_reason[np.minimum(k, len(lo) - 1)], "outside_kepler_updates").astype(object)
+    own = drop.to_numpy(dtype=object)
+    has_own = pd.notna(own)
+    why[has_own] = own[has_own]
+    counts = pd.Series(why[~matched], dtype="string").value_counts().sort_index()
+    return {str(k): int(v) for k, v in counts.items()}
+
+
 # ---------------------------------------------------------------- one run
 
 
@@ -310,8 +340,19 @@ def _choose_base(vm_times: dict, host_times: dict, vm_path: Path, host_path: Pat
     raise InputError(
         host_path,
         f"cannot align with {vm_path.name}: VM has {'/'.join(vm_times)} time, host has {'/'.join(host_times)} time "
-        "(need timestamp_absolute on both, or timestamp_iso on both)",
+        "(need timestamp_absolute on both, timestamp_iso on both, or set merge.vm_utc_offset_seconds / "
+        "merge.host_utc_offset_seconds for the side with naive times only)",
     )
+
+
+def with_utc_offset(times: dict, utc_offset: float | None) -> dict:
+    """Both clocks of a file when its machine's UTC offset (local minus UTC, s) is known:
+    epoch = naive - offset for a file with only naive ISO times, and the reverse."""
+    if utc_offset is None or len(times) != 1:
+        return times
+    if "naive" in times:
+        return {**times, "epoch": times["naive"] - float(utc_offset)}
+    return {**times, "naive": times["epoch"] + float(utc_offset)}
 
 
 def _quality(vm_raw, host_raw, s, base, clocks, t_vm, dt_vm, t_host, zones, feature_names, vm_notes, fields) -> dict:
@@ -331,7 +372,7 @@ def _quality(vm_raw, host_raw, s, base, clocks, t_vm, dt_vm, t_host, zones, feat
         "zones": zones,
         "features": feature_names,
         **{f"vm_{k}" if not k.startswith("vm_") else k: v for k, v in {**vm_raw.notes, **vm_notes}.items()},
-        **host_raw.notes,
+        **{f"host_{k}": v for k, v in host_raw.notes.items()},
     }
     # Local time-zone offsets (naive wall clock minus epoch) where a file carries both clocks.
     for side, times in zip(("vm", "host"), clocks):
@@ -359,8 +400,8 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
     power_cols = [ingest.ZONE_PREFIX + z for z in zones]
     ingest.check_finite(host_raw.df, power_cols, host_path)
 
-    vm_times = ingest.time_columns(vm_raw)
-    host_times = ingest.time_columns(host_raw)
+    vm_times = with_utc_offset(ingest.time_columns(vm_raw), s.vm_utc_offset_seconds)
+    host_times = with_utc_offset(ingest.time_columns(host_raw), s.host_utc_offset_seconds)
     base = _choose_base(vm_times, host_times, vm_path, host_path)
     t_vm = vm_times[base] + float(s.vm_clock_offset_seconds)
     t_host = host_times[base]
@@ -514,16 +555,21 @@ def _merge_intervals(vm_path, host_path, vm_raw, host_raw, feats, feature_names,
     out["time_diff"] = iv["uncertainty"]
     out = out.loc[keep].reset_index(drop=True)
 
-    # VM samples whose window lies inside a kept interval (the match rate of this mode).
-    lo_k, hi_k = iv["lo"][keep] - iv["offset"], iv["hi"][keep] - iv["offset"]
-    j = np.searchsorted(hi_k, t_vm, side="left")
-    inside = (j < len(hi_k)) & (t_vm - dt_vm >= lo_k[np.minimum(j, len(lo_k) - 1)] - 0.5 * dt_vm)
+    # A VM sample is matched when at least half of its window lies in kept intervals (the match
+    # rate of this mode); the others are counted by why they were not used.
+    g_lo, g_hi = iv["lo"] - iv["offset"], iv["hi"] - iv["offset"]  # guest clock
+    covered = kept_overlap(g_lo[keep], g_hi[keep], t_vm - dt_vm, t_vm)
+    inside = (covered >= 0.5 * dt_vm) & drop.isna().to_numpy()  # warm-up/gap samples carry nothing
     n_vm = len(t_vm)
+    vm_dropped = sample_drop_reasons(g_lo, g_hi, reason.to_numpy(dtype=object), keep, t_vm - 0.5 * dt_vm,
+                                     inside, drop)
     quality = _quality(vm_raw, host_raw, s, base, clocks, t_vm, dt_vm, t_host, zones, feature_names, vm_notes, {
         "rows_kept": int(keep.sum()),
         "intervals": int(len(keep)),
         "match_rate": float(inside.sum()) / n_vm if n_vm else 0.0,
         "rows_dropped": {k: int(v) for k, v in reason.value_counts().sort_index().items()},
+        "vm_samples_matched": int(inside.sum()),
+        "vm_samples_dropped": vm_dropped,
         "time_diff_mean": float(iv["uncertainty"][keep].mean()) if keep.any() else None,
         "time_diff_max": float(iv["uncertainty"][keep].max()) if keep.any() else None,
         "interval_coverage_mean": float(iv["coverage"][keep].mean()) if keep.any() else None,
@@ -577,7 +623,9 @@ def _settings(args) -> MergeSettings:
         with open(args.config) as fh:
             s = MergeSettings.from_config(yaml.safe_load(fh) or {})
     else:
-        s = MergeSettings(**SEED_DEFAULTS)
+        # The original tool's merge behaviour, with this project's ingest rules (which columns
+        # are bookkeeping, cumulative counters or perf counters) from the bundled config.
+        s = dataclasses.replace(_bundled_ingest_settings(), **SEED_DEFAULTS)
     if args.settings:
         s = MergeSettings.from_config(json.loads(args.settings))
     for flag in ("time_tolerance", "min_power_threshold", "power_zone", "alignment"):
@@ -585,6 +633,16 @@ def _settings(args) -> MergeSettings:
         if value is not None:
             setattr(s, flag, value)
     return s
+
+
+def _bundled_ingest_settings() -> MergeSettings:
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "config.yaml"
+    if not path.is_file():
+        raise InputError(path, "no bundled config.yaml: pass --config")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    return MergeSettings.from_config({k: cfg.get(k, {}) for k in ("ingest", "features")})
 
 
 def cmd_merge(args) -> int:
@@ -597,7 +655,7 @@ def cmd_merge(args) -> int:
 
         csv = data.assign(power_watts=data[f"power_{s.power_zone}"])
         with atomic_path(out) as tmp:
-            csv.to_csv(tmp, index=False, float_format="%.9g")
+            csv.to_csv(tmp, index=False)  # shortest round-trip floats: epoch times keep their precision
     else:
         write_parquet(data, out)
     if args.quality:
@@ -645,6 +703,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alignment", choices=["auto", "kepler_interval", "window", "nearest"])
     p.add_argument("--config", help="read merge/ingest settings from this config.yaml")
     p.add_argument("--settings", help=argparse.SUPPRESS)  # JSON passed by the workflow
+    # merge_datasets.py took --verbose after its options; SUPPRESS keeps a global -v intact.
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     p.set_defaults(func=cmd_merge)
 
     d = sub.add_parser("merge-dataset", help="stack a node_type's merged runs into one dataset")
