@@ -122,6 +122,13 @@ def machine_specs(wildcards):
     return sorted(glob.glob(f"{RAW}/{wildcards.node_type}/*/machine_spec.json"))
 
 
+def export_isolation(wildcards):
+    """DynPower models record their isolator (the idle watts subtracted); AbsPower has none."""
+    if wildcards.output_type == "DynPower":
+        return [f"{RES}/isolated/{wildcards.node_type}/isolation.json"]
+    return []
+
+
 def train_settings(wildcards):
     return json.dumps(
         {

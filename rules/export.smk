@@ -6,6 +6,9 @@ rule export_model:
         model=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/model.joblib",
         metrics=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/metrics.json",
         holdout=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/holdout.parquet",
+        # the training data: per-feature ranges and the newest sample's time for metadata.json
+        dataset=f"{RES}/isolated/{{node_type}}/{{output_type}}.parquet",
+        isolation=export_isolation,
         spec=machine_specs,
         lock="envs/pipeline.lock",
         code=stage_sources("export", "train"),
@@ -30,7 +33,8 @@ rule export_model:
         PIPELINE_IMAGE
     shell:
         "{params.vmpower} --provenance {output.prov} export --model {input.model} --metrics {input.metrics}"
-        " --holdout {input.holdout} --machine-spec {input.spec} --lock {input.lock}"
+        " --holdout {input.holdout} --dataset {input.dataset} --isolation {input.isolation}"
+        " --machine-spec {input.spec} --lock {input.lock}"
         " --node-type {wildcards.node_type} --output-type {wildcards.output_type}"
         " --feature-group {wildcards.feature_group} --trainer {wildcards.trainer}"
         " --out-dir {output.model_dir} --archive {output.archive} --settings {params.settings:q} > {log} 2>&1"
@@ -101,6 +105,9 @@ rule export_check_images:
     log:
         "logs/export/check_images.log",
     threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         CONDA_ENV
     container:

@@ -1,5 +1,6 @@
 """vmpower predict / serve on real exported models (built once by the pipeline's own steps)."""
 
+import argparse
 import hashlib
 import json
 import logging
@@ -23,7 +24,12 @@ from vmpower.errors import InputError
 
 SYS_GBR = ("AbsPower", "SystemOnly", "GradientBoostingRegressor")
 SYS_LR = ("AbsPower", "SystemOnly", "LinearRegression")
+SYS_XGB = ("AbsPower", "SystemOnly", "XGBRegressor")
 CNT_LR = ("AbsPower", "CounterOnly", "LinearRegression")
+ACT_LR = ("AbsPower", "Activity", "LinearRegression")
+DYN_LR = ("DynPower", "SystemOnly", "LinearRegression")
+PERF_FIELDS = ("cpu_cycles", "instructions", "cache_references", "cache_misses", "branches", "branch_misses",
+               "page_faults", "context_switches", "instructions_per_cycle", "cache_miss_ratio", "branch_miss_ratio")
 
 
 @pytest.fixture(scope="session")
@@ -233,6 +239,56 @@ def test_tampered_zip_is_refused_and_cli_prints_one_line(art, tmp_path, capsys):
     assert code == 2 and err[-1] == f"vmpower predict: error: {dst}: weight.json does not match its sha256 in manifest.sha256 (file changed)"
 
 
+# ---------------------------------------------------------------- training data in metadata.json
+
+
+def test_metadata_records_training_rows_time_and_feature_ranges(art):
+    """training_data comes from the isolated data set's rows that train used."""
+    for key in (SYS_XGB, ACT_LR, DYN_LR):
+        meta = json.loads((art["models"][key] / "metadata.json").read_text())
+        report = json.loads((art["trained"][key] / "metrics.json").read_text())
+        data = pd.read_parquet(art["datasets"][key[0]])
+        rows = data[data[meta["features"]].notna().all(axis=1)]
+        td = meta["training_data"]
+        assert td["rows"] == report["rows_train"] == len(rows) == td["ranges_rows"] and td["ranges_from"] == "dataset"
+        assert td["last_sample_time"] == rows["time"].max()
+        assert list(td["feature_ranges"]) == sorted(meta["features"])
+        for f, r in td["feature_ranges"].items():
+            assert (r["min"], r["max"]) == (rows[f].min(), rows[f].max())
+    model = predict.Model.load(art["models"][SYS_XGB])
+    lo, hi = model.ranges
+    assert model.confidence(lo) == model.confidence(hi) == 1.0
+    x = lo.copy()
+    x[:3] = hi[:3] + 1
+    assert model.confidence(x) == pytest.approx(1 - 3 / len(lo))
+
+
+def test_dynpower_metadata_records_its_isolator(art):
+    iso = json.loads(art["isolation"].read_text())
+    dyn = json.loads((art["models"][DYN_LR] / "metadata.json").read_text())
+    assert dyn["isolator"] == iso["method"] == "profile"  # the demo has an idle run
+    assert dyn["idle_power_watts"] == iso["idle_power_watts"] and set(dyn["idle_power_watts"]) == set(dyn["zones"])
+    absm = json.loads((art["models"][SYS_LR] / "metadata.json").read_text())
+    assert "isolator" not in absm and "idle_power_watts" not in absm
+    assert art["isolation"].as_posix() in dyn["provenance"]["inputs"]
+
+
+def test_bad_training_ranges_are_refused(art, tmp_path):
+    d = _copy(art, SYS_LR, tmp_path)
+    meta = json.loads((d / "metadata.json").read_text())
+    r = meta["training_data"]["feature_ranges"]["cpu_utilization"]
+    r["min"], r["max"] = r["max"], r["min"]
+    (d / "metadata.json").write_text(json.dumps(meta))
+    _rewrite_manifest(d)
+    with pytest.raises(InputError, match="feature_ranges has a min above its max"):
+        predict.Model.load(d)
+    del meta["training_data"]["feature_ranges"]["cpu_utilization"]
+    (d / "metadata.json").write_text(json.dumps(meta))
+    _rewrite_manifest(d)
+    with pytest.raises(InputError, match="does not give min/max for every feature"):
+        predict.Model.load(d)
+
+
 # ---------------------------------------------------------------- selection
 
 
@@ -251,8 +307,8 @@ def test_select_by_node_type_and_exact_spec(art, caplog):
     assert sel.exact and sel.node_type == NODE_TYPE and not caplog.records
     with pytest.raises(InputError, match=r"best\.json: no model for node_type nope \(known: demo-xeon-gold\)"):
         predict.select_model(res, node_type="nope")
-    with pytest.raises(InputError, match="has no DynPower model"):
-        predict.select_model(res, node_type=NODE_TYPE, output_type="DynPower")
+    with pytest.raises(InputError, match="has no GpuPower model"):
+        predict.select_model(res, node_type=NODE_TYPE, output_type="GpuPower")
 
 
 def test_select_nearest_spec_warns(art, caplog, tmp_path, capsys):
@@ -266,6 +322,41 @@ def test_select_nearest_spec_warns(art, caplog, tmp_path, capsys):
     assert cli.main(["predict", "--model", str(art["results"]), "--machine-spec", str(spec_file), "--input",
                      str(art["vm_files"]["run02-mix"]), "--config", str(art["config"]), "--output",
                      str(tmp_path / "o.csv")]) == 0
+
+
+def _args(art, **kw) -> argparse.Namespace:
+    base = {"model": str(art["results"]), "node_type": NODE_TYPE, "machine_spec": None, "output_type": "AbsPower",
+            "feature_group": None, "config": None, "no_fallback": False}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def _groups(models) -> list[str]:
+    return [m.metadata["feature_group"] for m in models]
+
+
+def test_fallback_chain_orders_groups_by_mae_and_skips_perf_models_without_perf(art):
+    best = json.loads((art["results"] / "best.json").read_text())[NODE_TYPE]["AbsPower"]
+    by_mae = sorted(best, key=lambda g: best[g]["mae_mean"])
+    assert by_mae[0] == "Activity"  # the demo's best group needs perf counters
+    chain = predict.resolve_chain(_args(art), use_perf=True)
+    assert _groups(chain) == by_mae and [m.name for m in chain] == [best[g]["model_name"] for g in by_mae]
+    # Without perf only SystemOnly can be computed: it is chosen, with no fallback left.
+    assert _groups(predict.resolve_chain(_args(art), use_perf=False)) == ["SystemOnly"]
+    # An explicit group stays first (with a warning), the collectable ones follow.
+    assert _groups(predict.resolve_chain(_args(art, feature_group="Activity"), use_perf=False)) == ["Activity", "SystemOnly"]
+    assert _groups(predict.resolve_chain(_args(art, no_fallback=True), use_perf=True)) == ["Activity"]
+    # a single model directory is served alone
+    assert len(predict.resolve_chain(_args(art, model=str(art["models"][CNT_LR]), node_type=None), use_perf=False)) == 1
+
+
+def test_select_from_a_directory_of_models_without_best_json(art):
+    """results/models (no best.json): the lowest-MAE model per group, as select wrote best.json."""
+    for output_type in ("AbsPower", "DynPower"):
+        a = predict.select_model(art["results"], node_type=NODE_TYPE, output_type=output_type)
+        b = predict.select_model(art["results"] / "models", node_type=NODE_TYPE, output_type=output_type)
+        assert (a.path, a.feature_group, a.fallbacks) == (b.path, b.feature_group, b.fallbacks)
+    assert predict.is_model_collection(art["results"] / "models" / "AbsPower")
+    assert not predict.is_model_collection(art["models"][SYS_LR])
 
 
 def test_spec_distance_orders_the_demo_hardware():
@@ -309,6 +400,296 @@ def test_exporter_matches_batch_and_degrades_per_feature(art, settings):
     assert exp.registry.get_sample_value("kepler_vm_feature_collection_errors_total", {"feature": "cpu_utilization"}) == 1
     exp.update(records[4])  # rates need both windows: back on the tick after
     assert set(_watts(exp.registry)) == set(model.zones)
+
+
+def _records(art, run="run02-mix") -> list[dict]:
+    return json.loads(art["vm_files"][run].read_text())
+
+
+def _who(model) -> dict:
+    return {"model_name": model.name, "feature_group": model.metadata["feature_group"]}
+
+
+def _sample(registry, name, **labels):
+    return registry.get_sample_value(name, labels)
+
+
+def _series(registry, name) -> dict:
+    return {tuple(sorted(s.labels.items())): s.value for m in registry.collect() for s in m.samples if s.name == name}
+
+
+def _reference_features(prev, cur, settings):
+    feats, drop = predict.frame_features(predict.live_frame(prev, cur, settings), settings)
+    row = feats.iloc[-1]
+    return {c: float(row[c]) for c in feats.columns}, (None if pd.isna(drop.iloc[-1]) else str(drop.iloc[-1]))
+
+
+def _assert_same(fast, ref):
+    (fa, ra), (fb, rb) = fast, ref
+    assert ra == rb
+    assert set(fa) == set(fb)
+    bad = {k: (fa[k], fb[k]) for k in fa if not (fa[k] == fb[k] or (np.isnan(fa[k]) and np.isnan(fb[k])))}
+    assert not bad
+
+
+def test_live_features_equal_the_pipelines_code(art, settings):
+    """The exporter's LiveFeatures gives exactly what live_frame + merge.vm_feature_frame give, on
+    every consecutive pair of the demo runs and on the awkward cases a live collector produces."""
+    import dataclasses
+
+    s = dataclasses.replace(settings, hinges={"cpu_utilization": [50, 70.5], "sys_context_switches_rate": [1000]})
+    live = predict.LiveFeatures(s)
+    pairs = 0
+    for run in art["vm_files"]:
+        text = art["vm_files"][run].read_text()
+        recs = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines()[:-1]]
+        for a, b in zip(recs, recs[1:]):
+            _assert_same(live.compute(a, b), _reference_features(a, b, s))
+            pairs += 1
+    assert pairs > 250
+    r = _records(art)
+    a, b = r[10], r[11]
+    no_perf = {f: None for f in PERF_FIELDS}
+    cases = {
+        "gauge missing now": (a, {k: v for k, v in b.items() if k != "memory_usage_percent"}),
+        "gauge missing before": ({k: v for k, v in a.items() if k != "memory_usage_percent"}, b),
+        "counter missing before": ({k: v for k, v in a.items() if k != "sys_forks"}, b),
+        "gauge null now": (a, {**b, "cpu_steal": None}),
+        "counter reset": (a, {**b, "sys_interrupts": 5}),
+        "gap": (a, {**b, "timestamp_absolute": b["timestamp_absolute"] + 10}),
+        "perf off now": (a, {**b, **no_perf, "perf_available": False}),
+        "perf off before": ({**a, **no_perf, "perf_available": False}, b),
+        "perf off both": ({**a, **no_perf, "perf_available": False}, {**b, **no_perf, "perf_available": False}),
+        "old collector zeros": ({**a, **{f: 0 for f in PERF_FIELDS}}, {**b, **{f: 0 for f in PERF_FIELDS}}),
+        "perf off, /proc counts": ({**a, **no_perf, "page_faults": 600, "context_switches": 700, "perf_available": False},
+                                   {**b, **no_perf, "page_faults": 650, "context_switches": 0, "perf_available": False}),
+        "perf flagged zeros": (a, {**b, **{f: 0 for f in PERF_FIELDS}, "page_faults": 5, "perf_available": False}),
+        "no epoch time": ({k: v for k, v in a.items() if k != "timestamp_absolute"},
+                          {k: v for k, v in b.items() if k != "timestamp_absolute"}),
+        "new field": (a, {**b, "new_gauge": 3}),
+        "text field": (a, {**b, "new_text": "x"}),
+        "bool and null": ({**a, "flag": None}, {**b, "flag": True}),
+    }
+    for name, (x, y) in cases.items():
+        fast = live.compute(x, y)
+        _assert_same(fast, _reference_features(x, y, s))
+    assert live.compute(*cases["counter reset"])[1] == "counter_reset"
+    assert live.compute(*cases["gap"])[1] == "rate_gap"
+    assert np.isnan(live.compute(*cases["perf off now"])[0]["cpu_cycles"])
+    # a field that is a number in one record and text in the other is refused by both
+    with pytest.raises(InputError, match="field cpu_steal is number and text"):
+        live.compute(a, {**b, "cpu_steal": "n/a"})
+    with pytest.raises(ValueError):
+        _reference_features(a, {**b, "cpu_steal": "n/a"}, s)
+
+
+def test_perf_less_tick_is_served_by_the_systemonly_fallback(art, settings):
+    """Chain Activity > SystemOnly > CounterOnly (by MAE); samples without perf counters: the
+    SystemOnly model serves every zone, with the watts batch predict gives, and says so."""
+    chain = predict.resolve_chain(_args(art), use_perf=True)
+    act, sysm, cnt = chain
+    batch = predict.predict_file(sysm, art["vm_files"]["run02-mix"], settings)
+    exp = predict.Exporter(chain, settings, "vm-1")
+    recs = [{**r, **{f: None for f in PERF_FIELDS}, "perf_available": False} for r in _records(art)]
+    exp.update(recs[0])
+    for i in (1, 2, 3):
+        got = exp.update(recs[i])
+        assert set(got) == set(sysm.zones)
+        for zone, w in got.items():
+            assert w == pytest.approx(batch[f"power_{zone}"].iloc[i], abs=1e-9)
+    r = exp.registry
+    for zone in sysm.zones:
+        assert _sample(r, "kepler_vm_model_version", zone=zone, version=sysm.version, **_who(sysm)) == 1
+        assert _sample(r, "kepler_vm_model_version", zone=zone, version=act.version, **_who(act)) == 0
+        assert _sample(r, "kepler_vm_model_version", zone=zone, version=cnt.version, **_who(cnt)) == 0
+        assert _sample(r, "kepler_vm_model_accuracy_mae", zone=zone) == sysm.metadata[f"{zone}_mae"]
+        assert 0 < _sample(r, "kepler_vm_model_confidence_score", zone=zone) <= 1
+        assert _sample(r, "kepler_vm_zone_unavailable_total", zone=zone) == 0
+    # perf features were unavailable on each of the 3 ticks; SystemOnly's were not
+    assert _sample(r, "kepler_vm_feature_collection_errors_total", feature="cpu_cycles") == 3
+    assert _sample(r, "kepler_vm_feature_collection_errors_total", feature="cpu_utilization") == 0
+    # perf is back: the Activity model takes over
+    exp.update(_records(art)[4])
+    got = exp.update(_records(art)[5])
+    assert set(got) == set(act.zones)
+    assert _sample(r, "kepler_vm_model_version", zone="package", version=act.version, **_who(act)) == 1
+    assert _sample(r, "kepler_vm_model_version", zone="package", version=sysm.version, **_who(sysm)) == 0
+    assert _sample(r, "kepler_vm_model_accuracy_mae", zone="package") == act.metadata["package_mae"]
+
+
+def test_no_model_can_serve_zone_is_absent_and_counted(art, settings):
+    chain = predict.resolve_chain(_args(art), use_perf=True)
+    exp = predict.Exporter(chain, settings, "vm-1")
+    recs = _records(art)
+    exp.update(recs[0])
+    assert set(exp.update(recs[1])) == set(chain[0].zones)
+    assert len(_series(exp.registry, "kepler_vm_model_inference_duration_seconds")) == 4
+    broken = {k: v for k, v in recs[2].items() if k != "cpu_utilization"}
+    broken.update({f: None for f in PERF_FIELDS}, perf_available=False)
+    assert exp.update(broken) == {}
+    r = exp.registry
+    assert _watts(r) == {}
+    # no stale per-tick series for absent zones
+    assert _series(r, "kepler_vm_model_inference_duration_seconds") == {}
+    assert _series(r, "kepler_vm_model_confidence_score") == {}
+    assert set(_series(r, "kepler_vm_model_version").values()) == {0.0}
+    for zone in chain[0].zones:
+        assert _sample(r, "kepler_vm_zone_unavailable_total", zone=zone) == 1
+    assert _sample(r, "kepler_vm_feature_collection_errors_total", feature="cpu_utilization") == 1
+    assert _sample(r, "kepler_vm_feature_collection_errors_total", feature="instructions") == 1
+    # the static model information stays
+    assert _sample(r, "kepler_vm_training_data_points_total", zone="core") == chain[0].training_rows
+
+
+def test_inference_error_falls_back_to_the_next_model_and_is_counted(art, settings):
+    chain = predict.resolve_chain(_args(art), use_perf=True)
+    act, sysm = chain[0], chain[1]
+    act.output_names["core"] = "no_such_output"  # onnxruntime itself raises on this session
+    exp = predict.Exporter(chain, settings, "vm-1")
+    recs = _records(art)
+    exp.update(recs[0])
+    got = exp.update(recs[1])
+    assert set(got) == set(act.zones)
+    r = exp.registry
+    assert _sample(r, "kepler_vm_inference_errors_total", zone="core", **_who(act)) == 1
+    assert _sample(r, "kepler_vm_inference_errors_total", zone="package", **_who(act)) == 0
+    assert _sample(r, "kepler_vm_model_version", zone="core", version=sysm.version, **_who(sysm)) == 1
+    assert _sample(r, "kepler_vm_model_version", zone="package", version=act.version, **_who(act)) == 1
+    x = np.array([[predict.LiveFeatures(predict.for_model(settings, sysm)).compute(recs[0], recs[1])[0][f]
+                   for f in sysm.features]])
+    assert got["core"] == pytest.approx(float(sysm.predict_zone("core", x)[0]), abs=1e-12)
+
+
+def _out_of_range(art, model, record, prev, changes, settings, tmp_path):
+    """The record with changes, and the confidence the pipeline's batch features give it."""
+    rec = {**record, **changes}
+    f = tmp_path / "two.json"
+    f.write_text(json.dumps([prev, rec]))
+    from vmpower import ingest
+
+    s = predict.for_model(settings, model)
+    feats, drop = predict.frame_features(ingest.read_vm_features(f), s)
+    x = predict.model_matrix(model, feats, drop, s, f)[-1]
+    ranges = model.metadata["training_data"]["feature_ranges"]
+    inside = [ranges[n]["min"] <= v <= ranges[n]["max"] for n, v in zip(model.features, x)]
+    return rec, sum(inside) / len(inside)
+
+
+def test_confidence_threshold_report_drop_and_fallback(art, settings, tmp_path):
+    recs = _records(art)
+    sysm = predict.Model.load(art["models"][SYS_XGB])
+    far = {"memory_usage_percent": 99.0, "process_count": 5000, "load_average_1min": 80.0, "disk_io_read_mb": 5e3,
+           "disk_io_write_mb": 5e3, "network_bytes_recv": 1e11, "network_bytes_sent": 1e11, "cpu_steal": 60.0,
+           "cpu_irq": 20.0, "cpu_softirq": 20.0, "sys_procs_running": 500, "sys_procs_blocked": 100}
+    rec, expected = _out_of_range(art, sysm, recs[11], recs[10], far, settings, tmp_path)
+    assert expected < 0.7
+    for mode in ("report", "drop"):
+        exp = predict.Exporter(sysm, settings, "vm-1", low_confidence=mode)
+        exp.update(recs[9])
+        normal = exp.update(recs[10])
+        assert set(normal) == set(sysm.zones)
+        assert _sample(exp.registry, "kepler_vm_model_confidence_score", zone="core") == 1.0
+        got = exp.update(rec)
+        r = exp.registry
+        assert _sample(r, "kepler_vm_model_confidence_score", zone="core") == pytest.approx(expected)
+        assert _sample(r, "kepler_vm_low_confidence_total", zone="core") == 1
+        if mode == "report":
+            assert set(got) == set(sysm.zones) and _sample(r, "kepler_vm_zone_unavailable_total", zone="core") == 0
+        else:
+            assert got == {} and _watts(r) == {} and _sample(r, "kepler_vm_zone_unavailable_total", zone="core") == 1
+    # A lower threshold accepts it.
+    exp = predict.Exporter(sysm, settings, "vm-1", threshold=0.5)
+    exp.update(recs[10])
+    assert set(exp.update(rec)) == set(sysm.zones)
+    assert _sample(exp.registry, "kepler_vm_low_confidence_total", zone="core") == 0
+    # Chain: the first model's inputs far outside its training range, the fallback's inside.
+    act = predict.Model.load(art["models"][ACT_LR])
+    big = {f: recs[11][f] * 1000 for f in ("cpu_cycles", "instructions", "cache_misses", "page_faults")}
+    rec2, conf_act = _out_of_range(art, act, recs[11], recs[10], big, settings, tmp_path)
+    assert conf_act < 0.7
+    exp = predict.Exporter([act, sysm], settings, "vm-1")
+    exp.update(recs[10])
+    assert set(exp.update(rec2)) == set(sysm.zones)
+    r = exp.registry
+    assert _sample(r, "kepler_vm_model_version", zone="dram", version=sysm.version, **_who(sysm)) == 1
+    assert _sample(r, "kepler_vm_low_confidence_total", zone="dram") == 0
+    assert _sample(r, "kepler_vm_model_confidence_score", zone="dram") == 1.0
+
+
+def test_training_metrics_and_collection_durations(art, settings):
+    model = predict.Model.load(art["models"][SYS_XGB])
+    data = pd.read_parquet(art["datasets"]["AbsPower"])
+    exp = predict.Exporter(model, settings, "vm-1")
+    recs = _records(art)
+    exp.update(recs[0], {"proc": 0.004, "perf": 0.25})
+    exp.update(recs[1], {"proc": 0.003})
+    r = exp.registry
+    for zone in model.zones:
+        assert _sample(r, "kepler_vm_training_data_points_total", zone=zone) == len(data[data[model.features].notna().all(axis=1)])
+        assert _sample(r, "kepler_vm_last_training_timestamp", zone=zone) == data["time"].max()
+        assert 0 < _sample(r, "kepler_vm_model_inference_duration_seconds", zone=zone) < 0.1
+    assert _sample(r, "kepler_vm_feature_collection_duration_seconds", feature="proc") == 0.003
+    assert _sample(r, "kepler_vm_feature_collection_duration_seconds", feature="perf") == 0.25
+    assert 0 < _sample(r, "kepler_vm_feature_collection_duration_seconds", feature="features") < 0.1
+
+
+def test_serve_loop_survives_injected_errors(art, settings, monkeypatch):
+    """An OSError while reading /proc and a RuntimeError inside the collector's sample: each
+    tick is counted (feature="_sample"), the server keeps serving, and watts come back."""
+    import threading
+
+    from vmpower.collect import features as collect_features
+
+    real_snapshot, real_sample = collect_features.take_snapshot, collect_features.FeatureCollector._sample
+    calls = {"snapshot": 0, "sample": 0}
+
+    def snapshot(*a, **kw):
+        calls["snapshot"] += 1
+        if calls["snapshot"] in (4, 5):
+            raise OSError(5, "injected: /proc/stat unreadable")
+        return real_snapshot(*a, **kw)
+
+    def sample(self, *a, **kw):
+        calls["sample"] += 1
+        if calls["sample"] == 6:
+            raise RuntimeError("injected: psutil failed")
+        return real_sample(self, *a, **kw)
+
+    monkeypatch.setattr(collect_features, "take_snapshot", snapshot)
+    monkeypatch.setattr(collect_features.FeatureCollector, "_sample", sample)
+    model = predict.Model.load(art["models"][SYS_XGB])
+    port, stop, errors = free_port(), [], []
+
+    def run():
+        try:
+            predict.run_exporter([model], [settings], port=port, address="127.0.0.1", interval=0.2, node_name="vm-t",
+                                 use_perf=False, kepler_url=None, stop=stop)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        deadline, m = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and not errors:
+            try:
+                m = scrape(port)
+            except OSError:
+                m = {}
+            failed = {s.labels["feature"]: s.value for s in m.get("kepler_vm_feature_collection_errors", [])
+                      if s.name.endswith("_total")}
+            if failed.get("_sample", 0) >= 3 and len(_zones(m)) == 4:
+                break
+            time.sleep(0.1)
+    finally:
+        for s in stop:
+            s()
+        t.join(timeout=10)
+    assert not errors and not t.is_alive()
+    assert failed["_sample"] == 3 and len(_zones(m)) == 4
+    assert calls["snapshot"] > 7
+    unavailable = {s.labels["zone"]: s.value for s in m["kepler_vm_zone_unavailable"] if s.name.endswith("_total")}
+    assert set(unavailable) == set(model.zones) and all(v >= 3 for v in unavailable.values())
 
 
 # ---------------------------------------------------------------- exporter (real server)
@@ -359,11 +740,22 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.stderr = self.proc.stderr.read()
         return self.proc.returncode
 
 
 def _zones(m) -> dict:
     return {s.labels["zone"]: s for s in m.get("kepler_node_cpu_watts", [])}
+
+
+def _by(m, name, label="zone") -> dict:
+    return {s.labels[label]: s.value for s in m.get(name, []) if not s.name.endswith("_created")}
+
+
+def _active(m) -> dict:
+    """zone -> "<feature_group>/<model_name>" of the model serving it (kepler_vm_model_version == 1)."""
+    return {s.labels["zone"]: f"{s.labels['feature_group']}/{s.labels['model_name']}"
+            for s in m["kepler_vm_model_version"] if s.value == 1}
 
 
 def test_serve_exports_every_zone_and_health_metrics(art):
@@ -376,14 +768,22 @@ def test_serve_exports_every_zone_and_health_metrics(art):
     zones = _zones(m)
     assert set(zones) == set(model.zones)
     assert all(s.labels["node_name"] == "vm-test" and np.isfinite(s.value) for s in zones.values())
-    dur = {s.labels["zone"]: s.value for s in m["kepler_vm_model_inference_duration_seconds"]}
+    dur = _by(m, "kepler_vm_model_inference_duration_seconds")
     assert set(dur) == set(model.zones) and all(0 < v < 0.1 for v in dur.values())
     ver = m["kepler_vm_model_version"]
-    assert {(s.labels["zone"], s.labels["version"], s.value) for s in ver} == {(z, model.version, 1.0) for z in model.zones}
-    errors = {s.labels["feature"]: s.value for s in m["kepler_vm_feature_collection_errors"] if s.name.endswith("_total")}
-    assert set(errors) == set(model.features) and not any(errors.values())
-    (coll,) = m["kepler_vm_feature_collection_duration_seconds"]
-    assert 0 < coll.value < 5
+    assert {(s.labels["zone"], s.labels["version"], s.labels["feature_group"], s.value) for s in ver} == {
+        (z, model.version, "SystemOnly", 1.0) for z in model.zones}
+    errors = _by(m, "kepler_vm_feature_collection_errors", "feature")
+    assert set(errors) == set(model.features) | {"_sample"} and not any(errors.values())
+    coll = _by(m, "kepler_vm_feature_collection_duration_seconds", "feature")
+    assert set(coll) == {"proc", "features"} and 0 < coll["proc"] < 5 and 0 < coll["features"] < 1  # --no-perf, no Kepler
+    conf = _by(m, "kepler_vm_model_confidence_score")
+    assert set(conf) == set(model.zones) and all(0 <= v <= 1 for v in conf.values())
+    td = model.metadata["training_data"]
+    assert _by(m, "kepler_vm_training_data_points_total") == {z: td["rows"] for z in model.zones}
+    assert _by(m, "kepler_vm_last_training_timestamp") == {z: pytest.approx(td["last_sample_time"]) for z in model.zones}
+    assert _by(m, "kepler_vm_model_accuracy_mae") == {z: pytest.approx(model.metadata[f"{z}_mae"]) for z in model.zones}
+    assert not any(_by(m, "kepler_vm_zone_unavailable").values())
 
 
 def test_serve_without_a_models_features_drops_its_zones(art):
@@ -395,9 +795,58 @@ def test_serve_without_a_models_features_drops_its_zones(art):
     finally:
         assert srv.stop() == 0
     assert _zones(m) == {}
-    errors = {s.labels["feature"]: s.value for s in m["kepler_vm_feature_collection_errors"] if s.name.endswith("_total")}
+    errors = _by(m, "kepler_vm_feature_collection_errors", "feature")
     assert errors["cpu_cycles"] >= 2 and errors["instructions_per_cycle"] >= 2
-    assert len(m["kepler_vm_model_version"]) == 4  # the model is loaded, only its inputs are missing
+    # the model is loaded (its version series are there, all 0), only its inputs are missing
+    assert sorted(s.value for s in m["kepler_vm_model_version"]) == [0.0] * 4
+    assert all(v >= 2 for v in _by(m, "kepler_vm_zone_unavailable").values())
+    assert "needs perf counters" in srv.stderr
+
+
+def test_serve_selects_for_this_machine_and_skips_perf_models_without_perf(art):
+    """--model results without --node-type/--machine-spec reads this machine's spec; with
+    --no-perf the best group (Activity, needs perf) is skipped for SystemOnly."""
+    from vmpower.collect.orchestrate import machine_spec
+
+    here = machine_spec()["processor"]
+    demo = json.loads(art["spec"].read_text())["processor"]
+    best = json.loads((art["results"] / "best.json").read_text())[NODE_TYPE]["AbsPower"]
+    srv = Server(art["results"], art["config"], "--interval", "0.2")
+    try:
+        m = srv.wait_for(lambda m: len(_zones(m)) == 4)
+    finally:
+        assert srv.stop() == 0
+    assert set(_active(m).values()) == {f"SystemOnly/{best['SystemOnly']['model_name']}"}
+    assert {s.labels["feature_group"] for s in m["kepler_vm_model_version"]} == {"SystemOnly"}
+    warned = f"no node_type has processor {here!r}: using the nearest, {NODE_TYPE}" in srv.stderr
+    assert warned == (predict._norm_processor(here) != predict._norm_processor(demo))
+    assert "/SystemOnly/" in srv.stderr.split("selected ", 1)[1].splitlines()[0]
+
+
+def test_serve_node_type_and_machine_spec_select_and_fall_back(art, tmp_path):
+    best = json.loads((art["results"] / "best.json").read_text())[NODE_TYPE]["AbsPower"]
+    act, sysm = f"Activity/{best['Activity']['model_name']}", f"SystemOnly/{best['SystemOnly']['model_name']}"
+    # --node-type with the perf-needing Activity group asked for: it stays first in the chain and
+    # SystemOnly serves while perf is off; the perf features count errors.
+    srv = Server(art["results"], art["config"], "--interval", "0.2", "--node-type", NODE_TYPE,
+                 "--feature-group", "Activity")
+    try:
+        m = srv.wait_for(lambda m: len(_zones(m)) == 4)
+    finally:
+        assert srv.stop() == 0
+    assert set(_active(m).values()) == {sysm}
+    assert {f"{s.labels['feature_group']}/{s.labels['model_name']}" for s in m["kepler_vm_model_version"]} == {act, sysm}
+    assert _by(m, "kepler_vm_feature_collection_errors", "feature")["cpu_cycles"] >= 1
+    assert "Activity of demo-xeon-gold needs features that cannot be collected here" in srv.stderr
+    # --machine-spec with the node_type's own hardware: an exact match, no warning.
+    spec = tmp_path / "spec.json"
+    spec.write_text(art["spec"].read_text())
+    srv = Server(art["results"], art["config"], "--interval", "0.2", "--machine-spec", spec)
+    try:
+        m = srv.wait_for(lambda m: len(_zones(m)) == 4)
+    finally:
+        assert srv.stop() == 0
+    assert set(_active(m).values()) == {sysm} and "nearest" not in srv.stderr
 
 
 def test_serve_refuses_a_tampered_model(art, tmp_path):

@@ -110,12 +110,79 @@ def exported(tmp_path_factory):
         for copy in ("a", "b"):
             assert cli.main(["export", "--model", str(d / "model.joblib"), "--metrics", str(d / "metrics.json"),
                              "--holdout", str(d / "holdout.parquet"), "--node-type", "nt", "--output-type",
-                             "AbsPower", "--feature-group", "Full", "--trainer", trainer, "--machine-spec", str(spec),
+                             "AbsPower", "--feature-group", "Full", "--trainer", trainer, "--dataset", str(data),
+                             "--machine-spec", str(spec),
                              "--lock", "envs/pipeline.lock", "--out-dir", str(d / copy / f"{trainer}Trainer_nt"),
                              "--archive", str(d / copy / f"{trainer}Trainer_nt.zip"),
                              "--settings", json.dumps(CONFIG["export"])]) == 0
         out[trainer] = d
+    out["_dataset"] = data
+    out["_spec"] = spec
     return out
+
+
+def _export(d, out, *extra, output_type="AbsPower", settings=None):
+    return cli.main(["export", "--model", str(d / "model.joblib"), "--metrics", str(d / "metrics.json"), "--holdout",
+                     str(d / "holdout.parquet"), "--node-type", "nt", "--output-type", output_type, "--feature-group",
+                     "Full", "--trainer", "LinearRegression", "--out-dir", str(out), "--archive", str(out) + ".zip",
+                     "--settings", json.dumps(settings or CONFIG["export"]), *map(str, extra)])
+
+
+def test_training_ranges_from_the_dataset_equal_the_training_rows(exported, tmp_path):
+    """metadata.json training_data: rows, newest time and per-feature [min, max] of the rows
+    train used; with several runs the held-out rows are those rows, so both sources agree."""
+    d = exported["LinearRegression"]
+    meta = json.loads((d / "a" / "LinearRegressionTrainer_nt" / "metadata.json").read_text())
+    df = pd.read_parquet(exported["_dataset"])
+    td = meta["training_data"]
+    assert td["rows"] == td["ranges_rows"] == len(df) == 600 and td["ranges_from"] == "dataset"
+    assert td["last_sample_time"] == df["time"].max()
+    assert td["feature_ranges"]["cpu_utilization"] == {"min": df["cpu_utilization"].min(), "max": df["cpu_utilization"].max()}
+    assert exported["_dataset"].as_posix() in meta["provenance"]["inputs"]
+    assert _export(d, tmp_path / "h") == 0  # no --dataset: from the held-out rows
+    held = json.loads((tmp_path / "h" / "metadata.json").read_text())["training_data"]
+    assert held["ranges_from"] == "holdout" and held["feature_ranges"] == td["feature_ranges"]
+    assert held["last_sample_time"] == td["last_sample_time"]
+
+
+def test_export_refuses_a_dataset_the_model_was_not_trained_on(exported, tmp_path, capsys):
+    d = exported["LinearRegression"]
+    other = tmp_path / "other.parquet"
+    write_parquet(dataset(runs=3), other)
+    assert _export(d, tmp_path / "m", "--dataset", other) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "other.parquet: has 450 rows with the model's features, the training report says 600: not the data set the model was trained on")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.zip").exists()
+
+
+def test_dynpower_archives_record_the_isolator(exported, tmp_path, capsys):
+    df = dataset(runs=4)
+    iso = tmp_path / "iso"
+    assert cli.main(["isolate", "--dataset", str(exported["_dataset"]), "--node-type", "nt", "--abs-output",
+                     str(iso / "AbsPower.parquet"), "--dyn-output", str(iso / "DynPower.parquet"), "--info",
+                     str(iso / "isolation.json"), "--settings", json.dumps(CONFIG["isolate"])]) == 0
+    d = tmp_path / "dyn"
+    tset = json.dumps({**CONFIG["train"], "patterns": ["cpu_*", "memory_usage_percent"]})
+    assert cli.main(["train", "--dataset", str(iso / "DynPower.parquet"), "--node-type", "nt", "--output-type",
+                     "DynPower", "--feature-group", "Full", "--trainer", "LinearRegression", "--model",
+                     str(d / "model.joblib"), "--metrics", str(d / "metrics.json"), "--holdout",
+                     str(d / "holdout.parquet"), "--settings", tset]) == 0
+    assert _export(d, tmp_path / "m", "--dataset", iso / "DynPower.parquet", output_type="DynPower") == 2
+    assert "a DynPower model needs --isolation" in capsys.readouterr().err
+    for copy in ("a", "b"):
+        assert _export(d, tmp_path / copy / "m", "--dataset", iso / "DynPower.parquet", "--isolation",
+                       iso / "isolation.json", output_type="DynPower") == 0
+    assert (tmp_path / "a" / "m.zip").read_bytes() == (tmp_path / "b" / "m.zip").read_bytes()
+    meta = json.loads((tmp_path / "a" / "m" / "metadata.json").read_text())
+    info = json.loads((iso / "isolation.json").read_text())
+    assert meta["isolator"] == info["method"] == "profile"
+    assert meta["idle_power_watts"] == info["idle_power_watts"]
+    assert meta["idle_power_watts"]["package"] == pytest.approx(df.loc[df.run_id == "run0", "power_package"].mean())
+    # AbsPower models have no isolator and refuse one
+    absm = json.loads((exported["LinearRegression"] / "a" / "LinearRegressionTrainer_nt" / "metadata.json").read_text())
+    assert "isolator" not in absm and "idle_power_watts" not in absm
+    assert _export(exported["LinearRegression"], tmp_path / "x", "--isolation", iso / "isolation.json") == 2
+    assert "--isolation is for DynPower models, not AbsPower" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("trainer", CONFIG["train"]["trainers"])

@@ -127,6 +127,51 @@ def write_manifest(model_dir: Path) -> None:
     (model_dir / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
+def training_data(features: list[str], report: dict, holdout: pd.DataFrame, dataset: str | None) -> dict:
+    """What an exporter reports about a model's training data (kepler_vm_training_data_points_total,
+    kepler_vm_last_training_timestamp, kepler_vm_model_confidence_score): the training rows, the
+    newest sample's time and each feature's [min, max] over the rows the model was trained on.
+
+    Those rows are the data set's rows having every feature train selected before it dropped the
+    constant ones (train.select_features); without --dataset, the held-out rows, which are the
+    same rows whenever the model was evaluated leave-one-run-out (two runs or more)."""
+    if dataset:
+        dropped = (report.get("feature_report") or {}).get("dropped") or {}
+        selected = features + [f for f, why in dropped.items() if str(why).startswith("constant")]
+        import pyarrow.parquet as pq
+
+        have = set(pq.read_schema(dataset).names)
+        lacking = [c for c in ["time", *selected] if c not in have]
+        if lacking:
+            raise InputError(dataset, f"data set lacks column {lacking[0]} of the model")
+        df = pd.read_parquet(dataset, columns=["time", *selected])
+        rows = df.loc[df[selected].notna().all(axis=1), ["time", *features]]
+        if len(rows) != report["rows_train"]:
+            raise InputError(dataset, f"has {len(rows)} rows with the model's features, the training report says "
+                                      f"{report['rows_train']}: not the data set the model was trained on")
+    else:
+        rows = holdout[["time", *features]]
+    X = rows[features].to_numpy("float64")
+    return {
+        "rows": int(report["rows_train"]),
+        "ranges_from": "dataset" if dataset else "holdout",
+        "ranges_rows": int(len(rows)),
+        # On the clock the merge aligned on: epoch when both collectors wrote epoch times.
+        "last_sample_time": float(rows["time"].max()),
+        "feature_ranges": {f: {"min": float(lo), "max": float(hi)}
+                           for f, lo, hi in zip(features, X.min(axis=0), X.max(axis=0))},
+    }
+
+
+def isolation_info(path: str) -> dict:
+    """The isolator of a DynPower model (isolate stage's isolation.json): method and idle watts."""
+    try:
+        info = json.loads(Path(path).read_text())
+        return {"isolator": str(info["method"]), "idle_power_watts": {str(z): float(w) for z, w in info["idle_power_watts"].items()}}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(path, f"not an isolation.json with method and idle_power_watts ({exc})") from None
+
+
 def build_archive(args, settings: dict) -> dict:
     import joblib
 
@@ -155,6 +200,14 @@ def build_archive(args, settings: dict) -> dict:
         "status": report["status"],
         "input": {"name": "features", "type": "float64", "shape": [None, len(features)]},
     }
+    isolation = list(getattr(args, "isolation", None) or [])
+    if args.output_type == "DynPower":
+        if len(isolation) != 1:
+            raise InputError(args.model, "a DynPower model needs --isolation with its node_type's isolation.json "
+                                         "(which idle power was subtracted)")
+        metadata.update(isolation_info(isolation[0]))
+    elif isolation:
+        raise InputError(isolation[0], f"--isolation is for DynPower models, not {args.output_type}")
     files: dict[str, bytes] = {}
     if report["status"] == "trained":
         X = holdout[features].to_numpy("float64")
@@ -186,6 +239,7 @@ def build_archive(args, settings: dict) -> dict:
                 "chosen_params": report.get("chosen_params"),
                 "search": ({k: v for k, v in report["search"].items() if k != "per_zone"} if report.get("search") else None),
                 "onnx": onnx_info,
+                "training_data": training_data(features, report, holdout, getattr(args, "dataset", None)),
             }
         )
         if TRAINERS[args.trainer][2]:
@@ -200,7 +254,8 @@ def build_archive(args, settings: dict) -> dict:
     if settings.get("ingest"):
         metadata["ingest"] = settings["ingest"]
     metadata["provenance"] = {
-        "inputs": provenance.input_checksums([args.model, args.metrics, args.holdout, *(args.machine_spec or [])]),
+        "inputs": provenance.input_checksums([args.model, args.metrics, args.holdout, *(args.machine_spec or []),
+                                              *([args.dataset] if getattr(args, "dataset", None) else []), *isolation]),
         "environment_lock": provenance.input_checksums([args.lock])[Path(args.lock).as_posix()] if args.lock else None,
         "packages": provenance.package_versions(),
         "settings": settings,
@@ -330,6 +385,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-group", required=True)
     p.add_argument("--trainer", required=True)
     p.add_argument("--machine-spec", nargs="*", default=[])
+    p.add_argument("--dataset", help="the isolated data set the model was trained on: training ranges over all "
+                                     "its rows (default: the held-out rows)")
+    p.add_argument("--isolation", nargs="*", default=[],
+                   help="DynPower only: the node_type's isolation.json (isolator and idle watts go to metadata.json)")
     p.add_argument("--lock", help="environment lock file whose sha256 goes into the provenance")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--archive", required=True)

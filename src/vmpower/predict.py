@@ -1,12 +1,14 @@
 """Use exported models: ``vmpower predict`` (batch) and ``vmpower serve`` (Prometheus exporter).
 
-Only onnxruntime and the archive's ``metadata.json`` are used (feature order, zones), never
-pickles. Every load verifies ``manifest.sha256`` and the consistency of metadata and ONNX
-graphs first; a tampered or mismatched model is refused with a one-line InputError.
+Only onnxruntime and the archive's ``metadata.json`` are used (feature order, zones, training
+ranges), never pickles. Every load verifies ``manifest.sha256`` and the consistency of metadata
+and ONNX graphs first; a tampered or mismatched model is refused with a one-line InputError.
 
 Features are computed from raw VM samples by the pipeline's own code (``ingest`` +
-``merge.vm_feature_frame`` with the config's ingest settings), so inference sees exactly what
-training saw. Model selection and the machine distance are documented in docs/deploy.md.
+``merge.vm_feature_frame`` with the model's ingest settings), so inference sees exactly what
+training saw. The exporter computes the same features of its last two live records with
+``LiveFeatures`` (no pandas per tick; tested equal to the pipeline's code). Model selection, the
+fallback chain, confidence and the machine distance are documented in docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,6 +32,9 @@ log = logging.getLogger("vmpower.predict")
 MANIFEST = "manifest.sha256"  # same name as vmpower.export (not imported: it pulls in pandas)
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 DEFAULT_OUTPUT_TYPE = "AbsPower"
+# The seed's validation.confidence_threshold (serve --confidence-threshold).
+DEFAULT_CONFIDENCE_THRESHOLD = 0.7
+LIVE = Path("<live>")  # the "file" named in errors about live samples
 
 
 # ---------------------------------------------------------------- loading and integrity
@@ -91,6 +97,23 @@ def _session(path: Path, name: str, data: bytes):
         raise InputError(path, f"{name} is not a loadable ONNX model ({' '.join(str(exc).split())[:120]})") from None
 
 
+def _training_ranges(path: Path, meta: dict, features: list[str]):
+    """(lo, hi) arrays of the training data's per-feature [min, max], or None (older export)."""
+    import numpy as np
+
+    ranges = (meta.get("training_data") or {}).get("feature_ranges")
+    if not ranges:
+        return None
+    try:
+        lo = np.array([float(ranges[f]["min"]) for f in features])
+        hi = np.array([float(ranges[f]["max"]) for f in features])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(path, "metadata.json training_data.feature_ranges does not give min/max for every feature") from None
+    if not (lo <= hi).all():
+        raise InputError(path, "metadata.json training_data.feature_ranges has a min above its max")
+    return lo, hi
+
+
 @dataclass
 class Model:
     """An exported, verified model: one onnxruntime session per zone."""
@@ -103,10 +126,24 @@ class Model:
     sessions: dict = field(repr=False)
     input_name: str = "features"
     output_names: dict = field(default_factory=dict, repr=False)
+    ranges: tuple | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return str(self.metadata.get("model_name", self.source.name))
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """(model_name, feature_group): the name alone is the same for one trainer in every group."""
+        return self.name, str(self.metadata.get("feature_group", ""))
+
+    @property
+    def training_rows(self) -> int | None:
+        return (self.metadata.get("training_data") or {}).get("rows")
+
+    @property
+    def last_training_time(self) -> float | None:
+        return (self.metadata.get("training_data") or {}).get("last_sample_time")
 
     @classmethod
     def load(cls, path: str | Path) -> "Model":
@@ -136,6 +173,7 @@ class Model:
             raise InputError(path, f"{sorted(onnx_files - wanted)[0]} is not a zone of metadata.json (zones: {', '.join(zones)})")
         if wanted - onnx_files:
             raise InputError(path, f"zone {sorted(wanted - onnx_files)[0][:-5]} of metadata.json has no ONNX file")
+        ranges = _training_ranges(path, meta, features)
         input_name = spec.get("name", "features")
         sessions, outputs = {}, {}
         for zone in zones:
@@ -150,7 +188,7 @@ class Model:
                 raise InputError(path, f"{fname} takes {width} features, metadata.json lists {len(features)}")
             sessions[zone] = sess
             outputs[zone] = sess.get_outputs()[0].name
-        return cls(path, meta, list(features), list(zones), version, sessions, input_name, outputs)
+        return cls(path, meta, list(features), list(zones), version, sessions, input_name, outputs, ranges)
 
     def predict_zone(self, zone: str, X):
         """Watts of one zone for complete rows (no NaN) of X [N, n_features] float64."""
@@ -173,6 +211,14 @@ class Model:
             for j, zone in enumerate(self.zones):
                 out[ok, j] = self.predict_zone(zone, Xok)
         return out
+
+    def confidence(self, x) -> float | None:
+        """Share of the features of one complete sample x [n_features] inside the training data's
+        [min, max] (None for a model exported without training ranges)."""
+        if self.ranges is None:
+            return None
+        lo, hi = self.ranges
+        return float(((x >= lo) & (x <= hi)).sum()) / len(lo)
 
 
 # ---------------------------------------------------------------- features (the pipeline's code)
@@ -197,9 +243,26 @@ def load_settings(config: str | None, metadata: dict | None = None):
     raise InputError(candidates[0], "config not found: pass --config with the config.yaml the models were built with")
 
 
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 def rate_features(settings, names) -> set[str]:
     """Features that are rates of cumulative counters (invalid across a counter reset)."""
-    return {n for n in names if n.endswith("_rate") and any(fnmatch.fnmatchcase(n[:-5], p) for p in settings.cumulative_features)}
+    return {n for n in names if n.endswith("_rate") and _matches(n[:-5], settings.cumulative_features)}
+
+
+def perf_inputs(settings, names) -> list[str]:
+    """Features that need perf counters (directly or as the base of an engineered input)."""
+    from vmpower.engineer import base_feature
+
+    out = []
+    for n in names:
+        cands = {n, base_feature(n) or n}
+        cands |= {c[:-5] for c in cands if c.endswith("_rate")}
+        if any(_matches(c, settings.perf_features) for c in cands):
+            out.append(n)
+    return out
 
 
 def frame_features(raw, settings):
@@ -213,11 +276,15 @@ def frame_features(raw, settings):
 def for_model(settings, model: Model):
     """settings computing exactly the hinge inputs the model needs: a hinge is a formula of one
     raw feature, named in the model's features, whatever hinges --config sets."""
+    return for_features(settings, model.features)
+
+
+def for_features(settings, names):
     import dataclasses
 
     from vmpower import engineer
 
-    return dataclasses.replace(settings, hinges=engineer.hinge_knots(model.features))
+    return dataclasses.replace(settings, hinges=engineer.hinge_knots(list(names)))
 
 
 def model_matrix(model: Model, feats, drop, settings, source):
@@ -264,6 +331,174 @@ def predict_file(model: Model, input_path: str | Path, settings):
         log.warning("%s: %d of %d samples lack feature(s) %s: no watts for them", raw.path, int(unexpected.sum()),
                     len(out), ", ".join(names[:5]))
     return out
+
+
+# ---------------------------------------------------------------- live features (serve)
+
+
+def live_frame(prev: dict, cur: dict, settings):
+    """The reference for live features: a RawTable of two consecutive collector records, built
+    like ingest.read_vm_features builds a file's, so ``vm_feature_frame`` gives the current
+    sample's features. ``LiveFeatures`` computes the same without pandas; tests compare them."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from vmpower import ingest
+
+    keys = list(dict.fromkeys([*prev, *cur]))  # from_pylist would take the first record's keys only
+    df = ingest._to_frame(pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in (prev, cur)]))
+    num = [c for c in df.columns if df[c].dtype == "float64" or df[c].isna().all()]
+    nan = df[num].isna().to_numpy()
+    cum = np.array([any(fnmatch.fnmatchcase(c, p) for p in settings.cumulative_features) for c in num])
+    # Unavailable now, or a counter without a previous value: the feature is absent this tick.
+    # A gauge missing only in the previous window does not matter (that row is not predicted).
+    kill = nan[1] | (nan[0] & cum)
+    fill = nan[0] & ~nan[1] & ~cum
+    cols = pd.Index(num, dtype=object)
+    df.loc[0, cols[fill]] = df.loc[1, cols[fill]].to_numpy()
+    df[cols[kill]] = np.nan
+    return ingest.RawTable(LIVE, df)
+
+
+_NULL, _BOOL, _NUM, _TEXT, _NESTED = range(5)
+_KIND_NAMES = {_BOOL: "boolean", _NUM: "number", _TEXT: "text", _NESTED: "nested"}
+
+
+def _kind(v) -> int:
+    t = type(v)
+    if t is float or t is int:  # the common case first: this runs for every field on every tick
+        return _NUM
+    if v is None:
+        return _NULL
+    if t is bool or isinstance(v, bool):
+        return _BOOL
+    if isinstance(v, numbers.Real):
+        return _NUM  # NaN too: pyarrow keeps it a float (read back as missing)
+    if isinstance(v, (list, tuple, dict)):
+        return _NESTED
+    return _TEXT
+
+
+class LiveFeatures:
+    """Features of the newer of two consecutive collector records, exactly as ``live_frame`` +
+    ``merge.vm_feature_frame`` compute them (same typing of fields, perf handling, rates, reset
+    and gap detection, hinges), on a 2 x fields numpy array instead of pandas/pyarrow frames:
+    a fraction of a millisecond per tick instead of tens of milliseconds.
+
+    ``compute`` returns ({feature: value}, reason) where reason is ``counter_reset``,
+    ``rate_gap`` or None, as the pipeline's ``_drop`` column of that row."""
+
+    def __init__(self, settings):
+        from vmpower.engineer import hinge_name
+
+        self.s = settings
+        self._flags: dict[str, tuple[bool, bool, bool]] = {}  # field -> (cumulative, perf, non-feature)
+        self._hinges = [(base, float(k), hinge_name(base, float(k))) for base, ks in settings.hinges.items() for k in ks]
+
+    def flags(self, key: str) -> tuple[bool, bool, bool]:
+        f = self._flags.get(key)
+        if f is None:  # fnmatch per field once, not per tick
+            s = self.s
+            f = self._flags[key] = (_matches(key, s.cumulative_features), _matches(key, s.perf_features),
+                                    key in s.non_features)
+        return f
+
+    def compute(self, prev: dict, cur: dict) -> tuple[dict[str, float], str | None]:
+        import numpy as np
+
+        nan = math.nan
+        keys = list(dict.fromkeys([*prev, *cur]))
+        names, v0, v1, flags = [], [], [], []
+        for k in keys:
+            a, b = prev.get(k), cur.get(k)
+            ta, tb = type(a), type(b)
+            if not ((ta is float or ta is int) and (tb is float or tb is int)):  # fast path: two numbers
+                kinds = {_kind(a), _kind(b)} - {_NULL}
+                if len(kinds) > 1:  # pyarrow cannot type such a column either
+                    raise InputError(LIVE, f"field {k} is {' and '.join(sorted(_KIND_NAMES[x] for x in kinds))} "
+                                           "in consecutive samples")
+                if kinds and kinds <= {_TEXT, _NESTED}:
+                    continue  # text and nested fields are not features
+                a = nan if a is None else float(a)
+                b = nan if b is None else float(b)
+            names.append(k)
+            v0.append(a)
+            v1.append(b)
+            flags.append(self.flags(k))
+        col = {k: j for j, k in enumerate(names)}
+        V = np.array([v0, v1], dtype="float64")
+        F = np.array(flags, dtype=bool).reshape(-1, 3)
+        cum, feat = F[:, 0], ~F[:, 2]
+        perf = F[:, 1] & feat
+        # live_frame: a field unavailable now, or a counter without a previous value, is absent;
+        # a gauge missing only in the previous record takes the current value.
+        isnan = np.isnan(V)
+        kill = isnan[1] | (isnan[0] & cum)
+        fill = isnan[0] & ~isnan[1] & ~cum
+        V[0, fill] = V[1, fill]
+        V[:, kill] = nan
+
+        # vm_feature_frame, on these two rows.
+        present = set(keys)
+        zero_flag = V[:, col["perf_available"]] == 0 if "perf_available" in col else np.zeros(2, bool)
+        if perf.any():
+            # A perf counter 0 or null in both records was not counted; in a record flagged
+            # perf_available=false, its zeros mean "not counted" (page faults and context
+            # switches may still come from /proc).
+            cols = np.flatnonzero(perf)
+            block = V[:, cols]
+            V[:, cols[((block == 0) | np.isnan(block)).all(axis=0)]] = nan
+            if "perf_available" in present and zero_flag.any():
+                rows = V[zero_flag][:, cols]
+                V[np.ix_(zero_flag, cols)] = np.where(rows == 0, nan, rows)
+        allowed = zero_flag if "perf_available" in present else np.zeros(2, bool)
+        isnan = np.isnan(V)
+        all_null = isnan.all(axis=0)
+        bad = isnan & feat & ~all_null
+        bad[:, perf] &= ~allowed[:, None]
+        if bad.any():
+            j = int(np.flatnonzero(bad.any(axis=0))[0])
+            raise InputError(LIVE, f"feature {names[j]} has {int(bad[:, j].sum())} NaN/null values "
+                                   f"(first at row {int(np.flatnonzero(bad[:, j])[0])})")
+        t = V[:, col["timestamp_absolute"]] if "timestamp_absolute" in col else None
+        if "timestamp_absolute" in present and t is None:
+            raise InputError(LIVE, "timestamp_absolute is not a number")
+        if t is None or np.isnan(t).all():
+            t = self._naive_times(prev, cur)
+        dt = float(t[1] - t[0])
+        window = float(V[1, col["time_delta_seconds"]]) if "time_delta_seconds" in col else dt
+        if "time_delta_seconds" in present and "time_delta_seconds" not in col:
+            raise InputError(LIVE, "time_delta_seconds is not a number")
+        rates = feat & cum & ~all_null
+        reason = None
+        out = {}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if rates.any():
+                delta = V[1, rates] - V[0, rates]
+                if (delta < 0).any():
+                    reason = "counter_reset"
+                elif dt > 1.5 * max(window, 1e-9):  # False for a NaN window, as in the pipeline
+                    reason = "rate_gap"
+                r = delta / dt
+                for j, v in zip(np.flatnonzero(rates), r.tolist()):
+                    V[1, j] = v
+            for j in np.flatnonzero(feat).tolist():
+                out[names[j] + "_rate" if rates[j] else names[j]] = float(V[1, j])
+        for base, k, name in self._hinges:
+            if base in out:
+                out[name] = float(np.square(np.maximum(out[base] - k, 0.0)))  # NaN stays NaN
+        return out, reason
+
+    @staticmethod
+    def _naive_times(prev: dict, cur: dict):
+        import pandas as pd
+
+        from vmpower import ingest
+
+        if "timestamp_iso" not in prev and "timestamp_iso" not in cur:
+            raise InputError(LIVE, "samples have neither timestamp_absolute nor timestamp_iso")
+        return ingest.naive_seconds(pd.Series([prev.get("timestamp_iso"), cur.get("timestamp_iso")]), LIVE)
 
 
 # ---------------------------------------------------------------- model selection
@@ -321,6 +556,39 @@ def read_metadata(path: Path) -> dict:
         raise InputError(path, f"cannot read metadata.json ({exc})") from None
 
 
+def is_model_collection(path: Path) -> bool:
+    """A directory to select from (results/ with best.json, or holding model archives), not a model."""
+    return path.is_dir() and not (path / "metadata.json").exists()
+
+
+def best_table(results: Path) -> tuple[dict, Path]:
+    """{node_type: {output_type: {group: entry}}} with each entry's mae_mean, and the file named
+    in errors: results/best.json, or else the best (lowest MAE) trained model per node_type,
+    output type and feature group among the model directories and archives under the directory."""
+    best_path = results / "best.json"
+    if best_path.exists():
+        try:
+            return json.loads(best_path.read_text()), best_path
+        except (OSError, ValueError) as exc:
+            raise InputError(best_path, f"cannot read best models ({exc})") from None
+    dirs = [p.parent for p in sorted(results.rglob("metadata.json"))]
+    zips = [p for p in sorted(results.rglob("*.zip")) if p.with_suffix("") not in dirs]
+    best: dict = {}
+    for p in dirs + zips:
+        meta = read_metadata(p)
+        if meta.get("status") != "trained" or meta.get("mae") is None:
+            continue
+        entry = {"trainer": str(meta.get("trainer", "")).removesuffix("Trainer"), "model_name": meta.get("model_name"),
+                 "mae_mean": float(meta["mae"]), "path": str(p)}
+        slot = best.setdefault(meta["node_type"], {}).setdefault(meta["output_type"], {})
+        old = slot.get(meta["feature_group"])
+        if old is None or (entry["mae_mean"], entry["model_name"]) < (old["mae_mean"], old["model_name"]):
+            slot[meta["feature_group"]] = entry
+    if not best:
+        raise InputError(results, "no best.json, metadata.json or trained model archive found here")
+    return best, results
+
+
 @dataclass
 class Selection:
     path: Path
@@ -329,9 +597,12 @@ class Selection:
     feature_group: str
     exact: bool
     distance: float | None = None
+    fallbacks: list[Path] = field(default_factory=list)  # other groups of the node_type, by MAE
 
 
 def _model_path(results: Path, output_type: str, group: str, entry: dict) -> Path:
+    if "path" in entry:
+        return Path(entry["path"])
     base = results / "models" / output_type / group / entry["model_name"]
     for p in (base, base.with_name(base.name + ".zip"), Path(entry.get("archive", "")), results.parent / entry.get("archive", "")):
         if p.name and p.exists():
@@ -340,78 +611,124 @@ def _model_path(results: Path, output_type: str, group: str, entry: dict) -> Pat
 
 
 def select_model(results: str | Path, *, node_type: str | None = None, machine_spec: dict | None = None,
-                 output_type: str = DEFAULT_OUTPUT_TYPE, feature_group: str | None = None) -> Selection:
+                 output_type: str = DEFAULT_OUTPUT_TYPE, feature_group: str | None = None,
+                 usable=None) -> Selection:
     """The best model for a node_type, or for the node_type whose hardware matches machine_spec.
 
     Match: same processor model string (inside a VM cores/memory describe the VM, not the host);
-    several matches or none: the smallest spec_distance, and no match logs a warning."""
+    several matches or none: the smallest spec_distance, and no match logs a warning. Within the
+    node_type: feature_group, else the group with the lowest MAE among those ``usable(metadata)``
+    accepts (e.g. computable without perf). ``fallbacks`` lists the node_type's other usable
+    groups' best models by MAE."""
     results = Path(results)
-    best_path = results / "best.json"
-    try:
-        best = json.loads(best_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(best_path, f"cannot read best models ({exc})") from None
+    best, where = best_table(results)
 
-    def pick_group(nt: str) -> tuple[str, dict]:
+    def ranked(nt: str) -> list[tuple[str, Path]]:
         groups = best[nt].get(output_type) or {}
         if not groups:
-            raise InputError(best_path, f"node_type {nt} has no {output_type} model (has {', '.join(best[nt])})")
+            raise InputError(where, f"node_type {nt} has no {output_type} model (has {', '.join(best[nt])})")
+        order = sorted(groups, key=lambda k: (groups[k]["mae_mean"], k))  # lowest held-out MAE first
+        paths = [(g, _model_path(results, output_type, g, groups[g])) for g in order]
+        ok = [(g, p) for g, p in paths if usable is None or usable(read_metadata(p))]
         if feature_group:
             if feature_group not in groups:
-                raise InputError(best_path, f"node_type {nt} has no {output_type}/{feature_group} model (groups: {', '.join(sorted(groups))})")
-            return feature_group, groups[feature_group]
-        g = min(groups, key=lambda k: (groups[k]["mae_mean"], k))  # lowest held-out MAE
-        return g, groups[g]
+                raise InputError(where, f"node_type {nt} has no {output_type}/{feature_group} model (groups: {', '.join(sorted(groups))})")
+            chosen = next(gp for gp in paths if gp[0] == feature_group)
+            if chosen not in ok:
+                log.warning("%s/%s of %s needs features that cannot be collected here: its zones will be absent "
+                            "unless a fallback model serves them", output_type, feature_group, nt)
+            return [chosen] + [gp for gp in ok if gp != chosen]
+        if not ok:
+            raise InputError(where, f"no {output_type} model of node_type {nt} can be computed from the features "
+                                    f"collected here (groups: {', '.join(order)}; perf counters needed?)")
+        return ok
+
+    def selection(nt, chain, exact, dist) -> Selection:
+        (g, path), rest = chain[0], chain[1:]
+        return Selection(path, nt, output_type, g, exact, dist, [p for _g, p in rest])
 
     if node_type is not None:
         if node_type not in best:
-            raise InputError(best_path, f"no model for node_type {node_type} (known: {', '.join(sorted(best)) or 'none'})")
-        g, entry = pick_group(node_type)
-        return Selection(_model_path(results, output_type, g, entry), node_type, output_type, g, True, 0.0)
-    if not best:
-        raise InputError(best_path, "no models")
+            raise InputError(where, f"no model for node_type {node_type} (known: {', '.join(sorted(best)) or 'none'})")
+        return selection(node_type, ranked(node_type), True, 0.0)
     if machine_spec is None:
         from vmpower.collect.orchestrate import machine_spec as local_spec
 
         machine_spec = local_spec()
-    scored = []
+    scored, skipped = [], []
     for nt in sorted(best):
-        g, entry = pick_group(nt)
-        path = _model_path(results, output_type, g, entry)
-        spec = read_metadata(path).get("machine_spec") or {}
+        try:
+            chain = ranked(nt)
+        except InputError as exc:  # e.g. only perf models: another node_type may still do
+            skipped.append(exc)
+            continue
+        spec = read_metadata(chain[0][1]).get("machine_spec") or {}
         same = bool(spec) and _norm_processor(spec.get("processor")) == _norm_processor(machine_spec.get("processor"))
-        scored.append((not same, spec_distance(machine_spec, spec), nt, g, path))
-    miss, dist, nt, g, path = min(scored)
+        scored.append((not same, spec_distance(machine_spec, spec), nt, chain))
+    if not scored:
+        raise skipped[0]
+    miss, dist, nt, chain = min(scored, key=lambda s: s[:3])
     if miss:
         log.warning("no node_type has processor %r: using the nearest, %s (spec distance %.2f)",
                     machine_spec.get("processor"), nt, dist)
-    return Selection(path, nt, output_type, g, not miss, dist)
+    return selection(nt, chain, not miss, dist)
 
 
-def resolve_model(args) -> Model:
-    """--model DIR|ZIP, or a results dir (with best.json) plus --node-type / --machine-spec."""
+def _read_spec(args) -> dict | None:
+    if not args.machine_spec:
+        return None
+    try:
+        spec = json.loads(Path(args.machine_spec).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(args.machine_spec, f"cannot read machine spec ({exc})") from None
+    if not isinstance(spec, dict):
+        raise InputError(args.machine_spec, "machine spec must be a JSON object")
+    return spec
+
+
+def resolve_paths(args, usable=None) -> list[Path]:
+    """--model DIR|ZIP, or a results dir (best.json, or model archives) plus --node-type /
+    --machine-spec: the chosen model first, then its fallbacks (none for a single model)."""
     path = Path(args.model)
-    if path.is_dir() and (path / "best.json").exists():
-        spec = None
-        if args.machine_spec:
-            try:
-                spec = json.loads(Path(args.machine_spec).read_text())
-            except (OSError, ValueError) as exc:
-                raise InputError(args.machine_spec, f"cannot read machine spec ({exc})") from None
-            if not isinstance(spec, dict):
-                raise InputError(args.machine_spec, "machine spec must be a JSON object")
-        sel = select_model(path, node_type=args.node_type, machine_spec=spec, output_type=args.output_type,
-                           feature_group=args.feature_group)
+    if is_model_collection(path):
+        sel = select_model(path, node_type=args.node_type, machine_spec=_read_spec(args), output_type=args.output_type,
+                           feature_group=args.feature_group, usable=usable)
         log.info("selected %s (node_type %s, %s/%s%s)", sel.path, sel.node_type, sel.output_type, sel.feature_group,
                  "" if sel.exact else f", nearest spec, distance {sel.distance:.2f}")
-        path = sel.path
-    elif args.node_type or args.machine_spec:
+        return [sel.path, *sel.fallbacks]
+    if args.node_type or args.machine_spec:
         raise InputError(path, "--node-type/--machine-spec select from a results directory with best.json")
+    return [path]
+
+
+def load_model(path: Path) -> Model:
     t0 = time.perf_counter()
     model = Model.load(path)
     log.info("loaded %s (version %s, %d features, zones %s) in %.3f s", model.name, model.version,
              len(model.features), ",".join(model.zones), time.perf_counter() - t0)
     return model
+
+
+def resolve_model(args) -> Model:
+    """The one model predict uses (the selection's first choice)."""
+    return load_model(resolve_paths(args)[0])
+
+
+def resolve_chain(args, *, use_perf: bool) -> list[Model]:
+    """serve's models: the selected one, then (from a results directory, unless --no-fallback)
+    the node_type's best model of every other feature group by MAE. Without perf, only models
+    whose features can be collected are chosen (an explicit --feature-group is kept first)."""
+
+    def usable(meta: dict) -> bool:
+        return use_perf or not perf_inputs(load_settings(args.config, meta), meta.get("features") or [])
+
+    paths = resolve_paths(args, usable)
+    if args.no_fallback:
+        paths = paths[:1]
+    models = [load_model(p) for p in paths]
+    if len(models) > 1:
+        log.info("fallback order: %s", " > ".join(f"{m.metadata.get('feature_group')}/{m.name}" for m in models))
+    return models
 
 
 # ---------------------------------------------------------------- predict CLI
@@ -446,142 +763,289 @@ def cmd_predict(args) -> int:
 
 # ---------------------------------------------------------------- serve
 
-
-def live_frame(prev: dict, cur: dict, settings):
-    """A RawTable of two consecutive live collector records, built like ingest.read_vm_features
-    builds a file's, so ``vm_feature_frame`` gives the current sample's features."""
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-
-    from vmpower import ingest
-
-    keys = list(dict.fromkeys([*prev, *cur]))  # from_pylist would take the first record's keys only
-    df = ingest._to_frame(pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in (prev, cur)]))
-    num = [c for c in df.columns if df[c].dtype == "float64" or df[c].isna().all()]
-    nan = df[num].isna().to_numpy()
-    cum = np.array([any(fnmatch.fnmatchcase(c, p) for p in settings.cumulative_features) for c in num])
-    # Unavailable now, or a counter without a previous value: the feature is absent this tick.
-    # A gauge missing only in the previous window does not matter (that row is not predicted).
-    kill = nan[1] | (nan[0] & cum)
-    fill = nan[0] & ~nan[1] & ~cum
-    cols = pd.Index(num, dtype=object)
-    df.loc[0, cols[fill]] = df.loc[1, cols[fill]].to_numpy()
-    df[cols[kill]] = np.nan
-    return ingest.RawTable(Path("<live>"), df)
+SOURCES = ("proc", "perf", "kepler", "features")  # kepler_vm_feature_collection_duration_seconds{feature}
+SAMPLE_ERROR = "_sample"  # kepler_vm_feature_collection_errors_total{feature} of a failed tick
 
 
 class Exporter:
-    """Prometheus metrics of one model, updated from consecutive live collector records."""
+    """Prometheus metrics of a model chain, updated from consecutive live collector records.
 
-    def __init__(self, model: Model, settings, node_name: str, registry=None):
+    Per tick and zone, the first model of the chain that has the zone, all of its features and
+    a confidence >= ``threshold`` serves it. If only models below the threshold have their
+    features, ``low_confidence`` decides: "report" (serve the first of them, the seed's
+    fallback_method "estimation") or "drop" (the zone is absent, the seed's "disable"); either
+    way kepler_vm_low_confidence_total rises. No model at all: the zone is absent."""
+
+    def __init__(self, models, settings, node_name: str, *, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+                 low_confidence: str = "report", registry=None):
+        import numpy as np
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
-        self.model, self.settings, self.node_name = model, for_model(settings, model), node_name
+        models = [models] if isinstance(models, Model) else list(models)
+        settings = list(settings) if isinstance(settings, (list, tuple)) else [settings] * len(models)
+        if low_confidence not in ("report", "drop"):
+            raise ValueError(f"low_confidence must be report or drop, not {low_confidence!r}")
+        self.models, self.node_name = models, node_name
+        self.threshold, self.low_confidence = float(threshold), low_confidence
+        # One feature computation per distinct ingest settings (normally one for the whole chain),
+        # computing the hinge inputs of all its models.
+        bases: list = []
+        self.group: list[int] = []
+        for s in settings:
+            base = for_features(s, [])
+            if base not in bases:
+                bases.append(base)
+            self.group.append(bases.index(base))
+        self.live = [LiveFeatures(for_features(b, [f for m, g in zip(models, self.group) if g == i for f in m.features]))
+                     for i, b in enumerate(bases)]
+        self.rate_mask = [np.array([f in rate_features(s, m.features) for f in m.features], bool)
+                          for m, s in zip(models, settings)]
+        self.zones = list(dict.fromkeys(z for m in models for z in m.zones))
+        self.chain = {z: [i for i, m in enumerate(models) if z in m.zones] for z in self.zones}
+        self.features = list(dict.fromkeys(f for m in models for f in m.features))
+
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.watts = Gauge("kepler_node_cpu_watts", "Estimated CPU power of this VM's node by zone (W)",
                            ["node_name", "zone"], registry=r)
-        self.inference = Gauge("kepler_vm_model_inference_duration_seconds", "Last inference time per zone",
-                               ["zone"], registry=r)
-        self.version = Gauge("kepler_vm_model_version", "Loaded model version (manifest sha256 prefix) per zone",
-                             ["zone", "version", "model_name"], registry=r)
-        self.errors = Counter("kepler_vm_feature_collection_errors", "Ticks on which a model feature was unavailable",
+        self.inference = Gauge("kepler_vm_model_inference_duration_seconds",
+                               "Time of the last inference of the model serving the zone", ["zone"], registry=r)
+        self.confidence = Gauge("kepler_vm_model_confidence_score",
+                                "Share of the serving model's features inside the range of its training data",
+                                ["zone"], registry=r)
+        self.version = Gauge("kepler_vm_model_version",
+                             "1 for the model that served the zone on the last tick, 0 for the zone's other models "
+                             "(version: manifest sha256 prefix)", ["zone", "version", "model_name", "feature_group"], registry=r)
+        self.errors = Counter("kepler_vm_feature_collection_errors",
+                              "Ticks on which a model feature was unavailable (_sample: the whole tick failed)",
                               ["feature"], registry=r)
         self.collection = Gauge("kepler_vm_feature_collection_duration_seconds",
-                                "Time to collect and compute the last feature sample", registry=r)
-        self.mae = Gauge("kepler_vm_model_accuracy_mae", "Held-out MAE of the model per zone (W)", ["zone"], registry=r)
-        for zone in model.zones:
-            self.version.labels(zone, model.version, model.name).set(1)
-            mae = model.metadata.get(f"{zone}_mae")
-            if mae is not None:
-                self.mae.labels(zone).set(float(mae))
-        for f in model.features:
+                                "Time spent on the last sample per source (proc, perf, kepler, features)",
+                                ["feature"], registry=r)
+        self.mae = Gauge("kepler_vm_model_accuracy_mae", "Held-out MAE of the model serving the zone (W)", ["zone"],
+                         registry=r)
+        self.points = Gauge("kepler_vm_training_data_points_total",
+                            "Training rows of the model serving the zone", ["zone"], registry=r)
+        self.trained = Gauge("kepler_vm_last_training_timestamp",
+                             "Time of the newest training sample of the model serving the zone (s since 1970)",
+                             ["zone"], registry=r)
+        self.inference_errors = Counter("kepler_vm_inference_errors", "Failed inferences (the next model is tried)",
+                                        ["zone", "model_name", "feature_group"], registry=r)
+        self.low = Counter("kepler_vm_low_confidence", "Ticks on which no model with its features had a confidence "
+                           "at or above the threshold", ["zone"], registry=r)
+        self.unavailable = Counter("kepler_vm_zone_unavailable", "Ticks on which the zone was not reported",
+                                   ["zone"], registry=r)
+        for f in [*self.features, SAMPLE_ERROR]:
             self.errors.labels(f)  # exported as 0 from the start
-        self.rates = rate_features(settings, model.features)
+        for zone in self.zones:
+            for c in (self.low, self.unavailable):
+                c.labels(zone)
+            for i in self.chain[zone]:
+                self.version.labels(zone, models[i].version, *models[i].labels).set(0)
+                self.inference_errors.labels(zone, *models[i].labels)
+        self.served: dict[str, int] = {}  # zone -> index of the model that served it last tick
+        self._conf_shown: set[str] = set()  # zones with a confidence series
+        self._info: dict[str, int] = {}  # zone -> model whose MAE/training info is exported
+        for zone in self.zones:
+            self._set_info(zone, self.chain[zone][0])
         self._prev: dict | None = None
-        self.reported: set[str] = set()
 
-    def clear(self) -> None:
-        """Remove every zone's watts (nothing trustworthy to report)."""
-        for zone in list(self.reported):
-            self.watts.remove(self.node_name, zone)
-        self.reported.clear()
+    def _set_info(self, zone: str, i: int) -> None:
+        if self._info.get(zone) == i:
+            return
+        self._info[zone] = i
+        m = self.models[i]
+        for gauge, value in ((self.mae, m.metadata.get(f"{zone}_mae")), (self.points, m.training_rows),
+                             (self.trained, m.last_training_time)):
+            if value is None:
+                _remove(gauge, zone)
+            else:
+                gauge.labels(zone).set(float(value))
 
-    def update(self, record: dict, collect_seconds: float = 0.0) -> dict[str, float]:
-        """Feed one collector record; returns the watts reported per zone (absent zones omitted)."""
+    def _absent(self, zone: str) -> None:
+        """No trustworthy watts for the zone: remove its per-tick series, count it."""
+        i = self.served.pop(zone, None)
+        if i is not None:
+            self.version.labels(zone, self.models[i].version, *self.models[i].labels).set(0)
+            _remove(self.watts, self.node_name, zone)
+            _remove(self.inference, zone)
+        self.unavailable.labels(zone).inc()
+
+    def _serve(self, zone: str, i: int, watts: float, seconds: float) -> None:
+        old = self.served.get(zone)
+        if old != i:
+            if old is not None:
+                self.version.labels(zone, self.models[old].version, *self.models[old].labels).set(0)
+            self.version.labels(zone, self.models[i].version, *self.models[i].labels).set(1)
+            self.served[zone] = i
+            self._set_info(zone, i)
+        self.watts.labels(self.node_name, zone).set(watts)
+        self.inference.labels(zone).set(seconds)
+
+    def fail(self, exc: BaseException | None = None) -> None:
+        """A tick without a sample (collection or feature computation failed): count it and
+        publish no watts; rates restart from the next record."""
+        self.errors.labels(SAMPLE_ERROR).inc()
+        self._prev = None
+        for zone in self.zones:
+            self._absent(zone)
+            if zone in self._conf_shown:
+                self._conf_shown.discard(zone)
+                self.confidence.remove(zone)
+
+    def update(self, record: dict, durations: dict | None = None) -> dict[str, float]:
+        """Feed one collector record; returns the watts reported per zone (absent zones omitted).
+        ``durations``: seconds per collection source, exported with the feature computation's."""
         import numpy as np
 
         t0 = time.perf_counter()
+        for src, seconds in (durations or {}).items():
+            self.collection.labels(src).set(seconds)
         prev, self._prev = self._prev, record
         if prev is None:
             return {}  # rates need two samples
-        feats, drop = frame_features(live_frame(prev, record, self.settings), self.settings)
-        row = feats.iloc[-1]
-        values = np.array([row.get(f, np.nan) for f in self.model.features], dtype="float64")
-        if self.rates and str(drop.iloc[-1]) == "counter_reset":
-            values[[f in self.rates for f in self.model.features]] = np.nan
-        missing = [f for f, v in zip(self.model.features, values) if not math.isfinite(v)]
+        try:
+            computed = [lf.compute(prev, record) for lf in self.live]
+        except (InputError, ValueError) as exc:  # one bad record must not stop the exporter
+            log.warning("sample skipped: %s", exc)
+            self.fail(exc)
+            self._prev = record  # the record itself may pair with the next one
+            return {}
+        xs, ok, missing = [], [], set()
+        for m, g, mask in zip(self.models, self.group, self.rate_mask):
+            feats, reason = computed[g]
+            x = np.array([feats.get(f, math.nan) for f in m.features], dtype="float64")
+            if reason == "counter_reset" and mask.any():
+                x[mask] = math.nan
+            good = np.isfinite(x)
+            if not good.all():
+                missing.update(f for f, g_ in zip(m.features, good) if not g_)
+            xs.append(x.reshape(1, -1))
+            ok.append(bool(good.all()))
         for f in missing:
             self.errors.labels(f).inc()
-        self.collection.set(collect_seconds + time.perf_counter() - t0)
+        self.collection.labels("features").set(time.perf_counter() - t0)
+        conf = [m.confidence(x[0]) if good else None for m, x, good in zip(self.models, xs, ok)]
         out = {}
-        X = values.reshape(1, -1)
-        for zone in self.model.zones:
-            if missing:  # every zone model here reads all the model's features
-                if zone in self.reported:
-                    self.watts.remove(self.node_name, zone)
-                    self.reported.discard(zone)
-                continue
-            t1 = time.perf_counter()
-            w = float(self.model.predict_zone(zone, X)[0])
-            self.inference.labels(zone).set(time.perf_counter() - t1)
-            self.watts.labels(self.node_name, zone).set(w)
-            self.reported.add(zone)
-            out[zone] = w
+        for zone in self.zones:
+            have = [i for i in self.chain[zone] if ok[i]]
+            passing = [i for i in have if conf[i] is None or conf[i] >= self.threshold]
+            low = [i for i in have if i not in passing]
+            order = passing + (low if self.low_confidence == "report" else [])
+            served = None
+            for i in order:
+                t1 = time.perf_counter()
+                try:
+                    w = float(self.models[i].predict_zone(zone, xs[i])[0])
+                except Exception as exc:  # onnxruntime's own types: try the next model
+                    self.inference_errors.labels(zone, *self.models[i].labels).inc()
+                    log.warning("%s: inference of zone %s failed: %s", self.models[i].name, zone, exc)
+                    continue
+                if not math.isfinite(w):
+                    self.inference_errors.labels(zone, *self.models[i].labels).inc()
+                    continue
+                served = i
+                self._serve(zone, i, w, time.perf_counter() - t1)
+                out[zone] = w
+                break
+            if low and (served is None or served in low):
+                self.low.labels(zone).inc()
+            shown = served if served is not None else (low[0] if low else None)
+            if shown is not None and conf[shown] is not None:
+                self.confidence.labels(zone).set(conf[shown])
+                self._conf_shown.add(zone)
+            elif zone in self._conf_shown:
+                self._conf_shown.discard(zone)
+                self.confidence.remove(zone)
+            if served is None:
+                self._absent(zone)
         if missing:
-            log.debug("features unavailable: %s (zones not reported)", ", ".join(missing))
+            log.debug("features unavailable: %s", ", ".join(sorted(missing)))
         return out
 
 
-def run_exporter(model: Model, settings, *, port: int, address: str, interval: float, node_name: str,
-                 use_perf: bool, kepler_url: str | None, stop=None) -> None:
+def _remove(metric, *labels) -> None:
+    """Remove a labelled series if it is exported (prometheus_client raises KeyError otherwise)."""
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
+
+
+class _Timer:
+    """Wraps a collector method to add its run time to a per-source total."""
+
+    def __init__(self, totals: dict, source: str, fn):
+        self.totals, self.source, self.fn = totals, source, fn
+
+    def __call__(self, *a, **kw):
+        t = time.perf_counter()
+        try:
+            return self.fn(*a, **kw)
+        finally:
+            self.totals[self.source] += time.perf_counter() - t
+
+
+def run_exporter(models, settings, *, port: int, address: str, interval: float, node_name: str,
+                 use_perf: bool, kepler_url: str | None, stop=None, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+                 low_confidence: str = "report") -> None:
     """Collect live features every ``interval`` s with the guest collector and serve /metrics."""
     import os
 
     from prometheus_client import disable_created_metrics, start_http_server
 
+    from vmpower.collect import features as collect_features
     from vmpower.collect.common import Schedule
-    from vmpower.collect.features import FeatureCollector, take_snapshot
 
     disable_created_metrics()  # *_created series only add noise to every scrape
-    exporter = Exporter(model, settings, node_name)
-    collector = FeatureCollector(os.devnull, interval=interval, duration=None, workloads="none",
-                                 kepler_url=kepler_url, use_perf=use_perf)
+    exporter = Exporter(models, settings, node_name, threshold=threshold, low_confidence=low_confidence)
+    collector = collect_features.FeatureCollector(os.devnull, interval=interval, duration=None, workloads="none",
+                                                  kepler_url=kepler_url, use_perf=use_perf)
     collector._start_perf()
+    # Time per source: perf (waiting for perf's counts) and Kepler are collector methods; the
+    # rest of a sample (/proc, psutil) is "proc".
+    totals = {"perf": 0.0, "kepler": 0.0}
+    timed = {"perf": collector.perf is not None and hasattr(collector, "_perf_values"),
+             "kepler": getattr(getattr(collector, "kepler", None), "url", None) is not None}
+    if timed["perf"]:
+        collector._perf_values = _Timer(totals, "perf", collector._perf_values)
+    if timed["kepler"]:
+        collector.kepler.features = _Timer(totals, "kepler", collector.kepler.features)
     try:
         server, thread = start_http_server(port, addr=address, registry=exporter.registry)
     except OSError as exc:
         raise InputError(f"{address}:{port}", f"cannot listen ({exc.strerror or exc})") from None
-    log.info("serving %s on http://%s:%d/metrics (interval %.3g s)", model.name, address, port, interval)
+    log.info("serving %s on http://%s:%d/metrics (interval %.3g s)", ", ".join(m.name for m in exporter.models),
+             address, port, interval)
     schedule = Schedule(interval, None)
     if stop is not None:
         stop.append(schedule.stop)
     prev = t_start = None
+    last_error = None
     try:
         for _tick in schedule.ticks():
-            t0 = time.perf_counter()
-            cur = take_snapshot()
-            if prev is None:
-                prev, t_start = cur, cur.mono
-                continue
-            record = collector._sample(prev, cur, t_start)
-            prev = cur
+            cur = None
             try:
-                exporter.update(record, time.perf_counter() - t0)
-            except (InputError, ValueError) as exc:  # one bad sample must not stop the exporter
-                log.warning("sample skipped: %s", exc)
-                exporter.clear()
+                for k in totals:
+                    totals[k] = 0.0
+                t0 = time.perf_counter()
+                cur = collect_features.take_snapshot()
+                if prev is None:
+                    prev, t_start = cur, cur.mono
+                    continue
+                record = collector._sample(prev, cur, t_start)
+                durations = {"proc": time.perf_counter() - t0 - sum(totals.values()),
+                             **{k: v for k, v in totals.items() if timed[k]}}
+                exporter.update(record, durations)
+                last_error = None
+            except Exception as exc:  # the exporter outlives any one bad tick (psutil, /proc, perf ...)
+                exporter.fail(exc)
+                msg = f"{type(exc).__name__}: {exc}"
+                (log.debug if msg == last_error else log.warning)("tick failed, no watts published: %s", msg)
+                last_error = msg
+            finally:
+                if cur is not None and prev is not None:
+                    prev = cur  # the next window starts here whatever happened to this one
     finally:
         if collector.perf is not None:
             collector.perf.stop()
@@ -595,13 +1059,20 @@ def cmd_serve(args) -> int:
 
     from vmpower.collect.common import stop_on_signals
 
-    model = resolve_model(args)
-    settings = load_settings(args.config, model.metadata)
+    models = resolve_chain(args, use_perf=not args.no_perf)
+    settings = [load_settings(args.config, m.metadata) for m in models]
+    if args.no_perf:
+        for m, s in zip(models, settings):
+            need = perf_inputs(s, m.features)
+            if need:
+                log.warning("%s needs perf counters (%s) and --no-perf is set: it will serve no zone", m.name,
+                            ", ".join(need[:3]))
     stoppers: list = []
     with stop_on_signals(lambda: [s() for s in stoppers]):
-        run_exporter(model, settings, port=args.port, address=args.address, interval=args.interval,
+        run_exporter(models, settings, port=args.port, address=args.address, interval=args.interval,
                      node_name=args.node_name or socket.gethostname(), use_perf=not args.no_perf,
-                     kepler_url=args.kepler_url, stop=stoppers)
+                     kepler_url=args.kepler_url, stop=stoppers, threshold=args.confidence_threshold,
+                     low_confidence=args.low_confidence)
     return 0
 
 
@@ -612,9 +1083,17 @@ def _positive(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _model_args(p) -> None:
     p.add_argument("--model", required=True,
-                   help="exported model directory or .zip, or a results directory with best.json (then selects)")
+                   help="exported model directory or .zip, or a results directory with best.json or model "
+                        "archives (then selects)")
     p.add_argument("--node-type", help="with a results directory: the node_type whose best model to use")
     p.add_argument("--machine-spec", metavar="FILE",
                    help="with a results directory: machine_spec.json to match (default: read this machine)")
@@ -637,7 +1116,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--address", default="0.0.0.0", help="bind address (default: 0.0.0.0)")
     s.add_argument("--interval", type=_positive, default=1.0, help="feature collection interval (default: 1.0 s)")
     s.add_argument("--node-name", help="node_name label (default: the host name)")
-    s.add_argument("--no-perf", action="store_true", help="do not read perf counters (their features are absent)")
+    s.add_argument("--no-perf", action="store_true",
+                   help="do not read perf counters (their features are absent; selection skips models needing them)")
     s.add_argument("--kepler-url", default="none",
                    help="Kepler inside the VM for process CPU seconds (default: none)")
+    s.add_argument("--no-fallback", action="store_true",
+                   help="with a results directory: serve only the selected model (no fallback to other groups)")
+    s.add_argument("--confidence-threshold", type=_fraction, default=DEFAULT_CONFIDENCE_THRESHOLD,
+                   help="a model serves a zone only if this share of its features lies inside its training "
+                        "range (default: 0.7, the seed's validation.confidence_threshold)")
+    s.add_argument("--low-confidence", choices=("report", "drop"), default="report",
+                   help="when only models below the threshold have their features: report the first "
+                        "anyway (default) or drop the zone; both count kepler_vm_low_confidence_total")
     s.set_defaults(func=cmd_serve)

@@ -14,10 +14,13 @@ from vmpower import cli
 ROOT = Path(__file__).resolve().parents[2]
 NODE_TYPE = "demo-xeon-gold"
 # (output type, feature group, trainers): SystemOnly is fully available live without perf;
-# CounterOnly needs perf, so serving it with --no-perf exercises graceful degradation.
+# CounterOnly and Activity need perf, so serving them with --no-perf exercises graceful
+# degradation and the fallback to SystemOnly. DynPower records its isolator.
 MODELS = [
-    ("AbsPower", "SystemOnly", ["LinearRegression", "GradientBoostingRegressor"]),
+    ("AbsPower", "SystemOnly", ["LinearRegression", "GradientBoostingRegressor", "XGBRegressor"]),
     ("AbsPower", "CounterOnly", ["LinearRegression"]),
+    ("AbsPower", "Activity", ["LinearRegression"]),
+    ("DynPower", "SystemOnly", ["LinearRegression"]),
 ]
 RUNS = [
     {"id": "run01-idle", "workload": "idle", "duration": 60},
@@ -78,7 +81,8 @@ def build(root: Path) -> dict:
             out = res / "models" / ot / fg / f"{tr}Trainer_{NODE_TYPE}"
             _run("export", "--model", t / "model.joblib", "--metrics", t / "metrics.json", "--holdout",
                  t / "holdout.parquet", "--node-type", NODE_TYPE, "--output-type", ot, "--feature-group", fg,
-                 "--trainer", tr, "--machine-spec", spec, "--lock", ROOT / "envs" / "pipeline.lock", "--out-dir", out,
+                 "--trainer", tr, "--dataset", iso / f"{ot}.parquet",
+                 *(["--isolation", iso / "info.json"] if ot == "DynPower" else []), "--machine-spec", spec, "--lock", ROOT / "envs" / "pipeline.lock", "--out-dir", out,
                  "--archive", out.with_name(out.name + ".zip"),
                  "--settings", json.dumps({**cfg["export"], "ingest": cfg["ingest"]}))
             models[(ot, fg, tr)] = out
@@ -88,4 +92,5 @@ def build(root: Path) -> dict:
          "--best", res / "best.json")
     vm_files = {d.name: next(d.glob("vm_features_*")) for d in sorted((raw / NODE_TYPE).iterdir()) if d.is_dir()}
     return {"root": root, "config": config, "cfg": cfg, "raw": raw, "results": res, "models": models,
-            "trained": trained, "vm_files": vm_files, "spec": spec}
+            "trained": trained, "vm_files": vm_files, "spec": spec, "isolation": iso / "info.json",
+            "datasets": {ot: iso / f"{ot}.parquet" for ot in ("AbsPower", "DynPower")}}

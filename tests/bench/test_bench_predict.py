@@ -1,7 +1,10 @@
 """Benchmarks of vmpower predict/serve on real exported models (``make bench``).
 
-Numbers also go to results/bench/predict.json. Goals: one-sample latency for all four zones
-p99 < 1 ms, model load < 5 s, exporter p99 < 50 ms at 100 scrapes/s with bounded RSS growth.
+Numbers also go to results/bench/predict.json, each section with the machine's load average.
+Goals: one-sample ONNX latency for all four zones p99 < 1 ms (soft: recorded, the hard limit is
+the seed's 100 ms, see docs/performance.md), the exporter's whole tick (features + 4 zones)
+p99 < 100 ms (the seed's inference budget), model load < 5 s, exporter p99 < 50 ms at 100
+scrapes/s with bounded RSS growth.
 """
 
 import json
@@ -28,12 +31,14 @@ SCRAPE_SECONDS = float(os.environ.get("VMPOWER_BENCH_SCRAPE_SECONDS", "60"))
 SCRAPE_RATE = 100.0
 KEYS = {
     "gbr": ("AbsPower", "SystemOnly", "GradientBoostingRegressor"),
+    "xgb": ("AbsPower", "SystemOnly", "XGBRegressor"),
     "linear": ("AbsPower", "SystemOnly", "LinearRegression"),
 }
 
 
 def record(section: str, values: dict) -> None:
-    results.record(OUT, section, values)
+    # The machine is shared: note how busy it was when the section was measured.
+    results.record(OUT, section, {**values, "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0]})
 
 
 def stats_ms(seconds) -> dict:
@@ -59,7 +64,7 @@ def features(art):
     return X[np.isfinite(X).all(axis=1)]
 
 
-@pytest.mark.parametrize("kind", ["gbr", "linear"])
+@pytest.mark.parametrize("kind", ["gbr", "xgb", "linear"])
 def test_one_sample_latency_all_zones(benchmark, art, features, kind):
     model = predict.Model.load(art["models"][KEYS[kind]])
     assert model.zones == ["package", "core", "dram", "uncore"]
@@ -70,6 +75,39 @@ def test_one_sample_latency_all_zones(benchmark, art, features, kind):
     # p99 on a shared 2-core machine is at the mercy of neighbours: hard-fail on the median and
     # the seed's 100 ms; the 1 ms p99 goal is recorded above.
     assert s["p50_ms"] < 1.0 and s["p99_ms"] < 100.0
+
+
+@pytest.mark.parametrize("kind", ["gbr", "chain"])
+def test_exporter_tick(benchmark, art, kind):
+    """Exporter.update, the whole tick after collection: two live records -> features (the
+    pipeline's, via LiveFeatures) -> confidence -> 4 zones through ONNX -> Prometheus gauges.
+    "chain": Activity > SystemOnly > CounterOnly from the results directory, perf present."""
+    import argparse
+
+    from bench.predict_artifacts import NODE_TYPE
+
+    settings = predict.load_settings(str(art["config"]))
+    if kind == "chain":
+        args = argparse.Namespace(model=str(art["results"]), node_type=NODE_TYPE, machine_spec=None, output_type="AbsPower",
+                                  feature_group=None, config=None, no_fallback=False)
+        models = predict.resolve_chain(args, use_perf=True)
+    else:
+        models = [predict.Model.load(art["models"][KEYS[kind]])]
+    exporter = predict.Exporter(models, settings, "vm-bench")
+    records = json.loads(art["vm_files"]["run02-mix"].read_text())
+    state = {"i": 0}
+
+    def setup():  # a fresh consecutive pair each round, as a live exporter sees them
+        i = state["i"] = state["i"] % (len(records) - 1) + 1
+        exporter._prev = records[i - 1]
+        return (records[i],), {}
+
+    assert len(exporter.update(*setup()[0])) == 4
+    benchmark.pedantic(exporter.update, setup=setup, rounds=3000, iterations=1, warmup_rounds=100)
+    s = stats_ms(benchmark.stats.stats.data)
+    record(f"exporter_tick_4_zones_{kind}", {**s, "models": [m.name for m in models], "goal_p99_ms": 100.0})
+    assert s["p99_ms"] < 100.0
+    assert s["p50_ms"] < 5.0  # a few ms at most: no pandas/pyarrow per tick
 
 
 def test_batch_throughput(benchmark, art, features):
@@ -113,8 +151,13 @@ def test_exporter_under_scrape_load(benchmark, art):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "vmpower", "serve", "--model", str(art["models"][KEYS["gbr"]]), "--config",
-           str(art["config"]), "--address", "127.0.0.1", "--port", str(port), "--interval", "1", "--no-perf"]
+    from bench.predict_artifacts import NODE_TYPE
+
+    # From the results directory with the fallback chain working on every tick: Activity (the
+    # best group) lacks its perf inputs under --no-perf, SystemOnly serves.
+    cmd = [sys.executable, "-m", "vmpower", "serve", "--model", str(art["results"]), "--node-type", NODE_TYPE,
+           "--feature-group", "Activity", "--config", str(art["config"]), "--address", "127.0.0.1", "--port",
+           str(port), "--interval", "1", "--no-perf"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/metrics"
 
@@ -156,7 +199,7 @@ def test_exporter_under_scrape_load(benchmark, art):
         proc.wait(timeout=10)
     s = stats_ms(lat)
     result = {**s, "seconds": elapsed, "requests": len(lat), "achieved_rate_per_s": len(lat) / elapsed,
-              "errors": errors, "rss_start_mib": rss0 / 2**20, "rss_end_mib": rss1 / 2**20,
+              "errors": errors, "response_bytes": len(body), "rss_start_mib": rss0 / 2**20, "rss_end_mib": rss1 / 2**20,
               "rss_growth_mib": (rss1 - rss0) / 2**20, "server_cpu_percent": 100 * (cpu1 - cpu0) / elapsed,
               "goal_p99_ms": 50.0}
     record("exporter_scrape_load", result)
