@@ -15,8 +15,9 @@ import pytest
 
 from collect_helpers import REPO, live_stress_ng, subprocess_env
 
+from vmpower.collect import features as features_mod
 from vmpower.collect import perf as perfmod
-from vmpower.collect.features import CLK_TCK, FeatureCollector, read_proc_stat
+from vmpower.collect.features import FeatureCollector, read_proc_stat
 
 COUNTERS = ("cpu_cycles", "instructions", "cache_references", "cache_misses", "branches", "branch_misses")
 REQUIRED = {
@@ -259,15 +260,9 @@ def _spy_snapshots(monkeypatch) -> list:
     return snaps
 
 
-SYS_TOTALS = {  # legacy name -> its total since boot in a snapshot, as older collectors wrote it
-    "sys_cpu_user_seconds": lambda s: s.cpu["user"] / CLK_TCK,
-    "sys_cpu_system_seconds": lambda s: s.cpu["system"] / CLK_TCK,
-    "sys_cpu_idle_seconds": lambda s: s.cpu["idle"] / CLK_TCK,
-    "sys_cpu_iowait_seconds": lambda s: s.cpu["iowait"] / CLK_TCK,
-    "sys_context_switches": lambda s: s.ctxt,
-    "sys_interrupts": lambda s: s.intr,
-    "sys_forks": lambda s: s.forks,
-}
+# legacy name -> its total since boot in a snapshot, as older collectors wrote it: the same
+# /proc quantity the collector takes the rate of (the next test checks rate = delta / window).
+SYS_TOTALS = {name.removesuffix("_rate"): total for name, total in features_mod.SYS_RATES.items()}
 
 
 def test_sys_rates_are_proc_deltas_over_the_exact_window(tmp_path, monkeypatch):

@@ -152,20 +152,26 @@ def test_endpoint_dies_and_comes_back(tmp_path, kepler):
     assert all(math.isfinite(float(r["total_cpu_watts_package"])) for r in rows)
 
 
+def _run_through_modes(k, out, duration, steps):
+    """Collect from ``k`` for ``duration`` s, switching the server's answer mode after each
+    (seconds, mode) step; returns (collector, the rows run() returned)."""
+    _wait_for_value(k)
+    hc = HostCollector(k.url, out, vm_names=["fedora40"], interval=0.1, duration=duration, max_backoff=0.3)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("rows", hc.run()))
+    t.start()
+    for seconds, mode in steps:
+        time.sleep(seconds)
+        k.mode = mode
+    t.join(15)
+    assert not t.is_alive(), "the collector did not finish"
+    return hc, result.get("rows")
+
+
 def test_garbage_and_http_errors_are_gaps_not_crashes(tmp_path, kepler):
     k = kepler(VMS[:1], update_interval=0.2, fixed_watts=FIXED)
-    _wait_for_value(k)
     out = tmp_path / "bm_power_t.csv"
-    hc = HostCollector(k.url, out, vm_names=["fedora40"], interval=0.1, duration=3.0, max_backoff=0.3)
-    t = threading.Thread(target=hc.run)
-    t.start()
-    time.sleep(0.6)
-    k.mode = "garbage"
-    time.sleep(0.7)
-    k.mode = "http500"
-    time.sleep(0.6)
-    k.mode = "ok"
-    t.join(10)
+    _run_through_modes(k, out, 3.0, [(0.6, "garbage"), (0.7, "http500"), (0.6, "ok")])
     gaps = json.loads(gaps_path(out).read_text())["gaps"]
     assert len(gaps) == 1
     assert "MetricsError" in gaps[0]["reason"]  # the garbage: unparsable exposition
@@ -337,22 +343,10 @@ def test_truncated_body_and_bad_status_line_are_gaps(tmp_path, kepler, caplog):
     """Kepler dying mid-answer (IncompleteRead) and a non-HTTP answer (BadStatusLine) are
     http.client.HTTPException, not OSError: they must be gaps like any other failure."""
     k = kepler(VMS[:1], update_interval=0.2, fixed_watts=FIXED)
-    _wait_for_value(k)
     out = tmp_path / "bm_power_t.csv"
-    hc = HostCollector(k.url, out, vm_names=["fedora40"], interval=0.1, duration=4.0, max_backoff=0.3)
-    result = {}
-    t = threading.Thread(target=lambda: result.setdefault("rows", hc.run()))
-    t.start()
-    time.sleep(0.8)
-    k.mode = "truncate"
-    time.sleep(0.8)
-    k.mode = "ok"
-    time.sleep(0.8)
-    k.mode = "badstatus"
-    time.sleep(0.8)
-    k.mode = "ok"
-    t.join(15)
-    assert not t.is_alive() and result["rows"] == hc.rows > 0  # run() returned: no crash
+    hc, rows_returned = _run_through_modes(k, out, 4.0, [(0.8, "truncate"), (0.8, "ok"), (0.8, "badstatus"),
+                                                         (0.8, "ok")])
+    assert rows_returned == hc.rows > 0  # run() returned: no crash
     gaps = json.loads(gaps_path(out).read_text())["gaps"]
     assert len(gaps) == 2
     assert gaps[0]["reason"].startswith("IncompleteRead")
