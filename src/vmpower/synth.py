@@ -98,7 +98,7 @@ def load_config(path: str | Path) -> dict:
         raise InputError(path, "no 'synth:' section")
     cfg = doc["synth"]
     schema_path = Path(__file__).resolve().parents[2] / "schemas" / "synth.schema.yaml"
-    if schema_path.exists():  # absent in an installed wheel; the lead's config schema covers it
+    if schema_path.exists():  # absent in an installed wheel; the workflow's config schema covers it
         import jsonschema
 
         schema = yaml.safe_load(schema_path.read_text(encoding="utf-8"))
