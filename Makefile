@@ -30,15 +30,16 @@ debs:
 demo-data: venv
 	$(VPY) -m vmpower synth --config config.yaml --out data/raw
 
+# The worker imports pandas/scikit-learn/ONNX once for all steps (src/vmpower/worker.py).
 run: demo-data
-	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VPY) -m vmpower worker run -- $(VENV)/bin/snakemake --cores $(CORES)
 	@$(VPY) -m vmpower report-paths --config config.yaml
 
 test: venv debs
 	bash scripts/run-tests.sh
 
 test-fast: venv
-	$(VPY) -m pytest -m "not slow and not docker and not slurm and not ssh and not stress" -q
+	$(VPY) -m pytest -m "not slow and not docker and not slurm and not ssh and not stress and not benchmark" -q
 
 bench: venv
 	$(VPY) -m pytest tests/bench -m benchmark --benchmark-only -q

@@ -129,6 +129,18 @@ def export_isolation(wildcards):
     return []
 
 
+def train_outputs(name):
+    """A train output of every trainer of the job's node_type x output type x feature group."""
+    return expand(f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/{name}",
+                  trainer=TRAINERS, allow_missing=True)
+
+
+def exported_models(suffix):
+    """export_models' model directories (suffix "") or archives (".zip"), in TRAINERS order."""
+    return expand(f"{RES}/models/{{output_type}}/{{feature_group}}/{{trainer}}Trainer_{{node_type}}{suffix}",
+                  trainer=TRAINERS, allow_missing=True)
+
+
 def train_settings(wildcards):
     return json.dumps(
         {
@@ -175,13 +187,13 @@ def provenance_records():
     out += [f"{RES}/provenance/{stage}/{nt}.json" for stage in ("dataset", "isolate") for nt in NODE_TYPES]
     out += [f"{RES}/provenance/cross_node_type.json"] if NODE_TYPES else []
     out += [
-        f"{RES}/provenance/{stage}/{nt}/{ot}/{fg}/{tr}.json"
-        for stage in ("train", "export")
+        f"{RES}/provenance/train/{nt}/{ot}/{fg}/{tr}.json"
         for nt in NODE_TYPES
         for ot in OUTPUT_TYPES
         for fg in FEATURE_GROUPS
         for tr in TRAINERS
     ]
+    out += [f"{RES}/provenance/export/{nt}/{ot}/{fg}.json" for nt in NODE_TYPES for ot in OUTPUT_TYPES for fg in FEATURE_GROUPS]
     out += [f"{RES}/provenance/select/{nt}.json" for nt in NODE_TYPES]
     return out + [f"{RES}/provenance/select.json"]
 

@@ -1,43 +1,44 @@
-# Stage 4: ONNX per zone + Kepler archive per model; then the best models and the summary.
+# Stage 4: ONNX per zone + Kepler archive per model (one job per node_type x output type x feature
+# group exports all its trainers: the converters take seconds to import, a model well under one);
+# then the best models and the summary.
 
 
-rule export_model:
+rule export_models:
     input:
-        model=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/model.joblib",
-        metrics=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/metrics.json",
-        holdout=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/holdout.parquet",
-        # the training data: per-feature ranges and the newest sample's time for metadata.json
-        dataset=f"{RES}/isolated/{{node_type}}/{{output_type}}.parquet",
+        models=train_outputs("model.joblib"),
+        metrics=train_outputs("metrics.json"),
+        holdouts=train_outputs("holdout.parquet"),
         isolation=export_isolation,
         spec=machine_specs,
         lock="envs/pipeline.lock",
         code=stage_sources("export", "train"),
     output:
-        model_dir=directory(f"{RES}/models/{{output_type}}/{{feature_group}}/{{trainer}}Trainer_{{node_type}}"),
-        archive=f"{RES}/models/{{output_type}}/{{feature_group}}/{{trainer}}Trainer_{{node_type}}.zip",
-        prov=f"{RES}/provenance/export/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}.json",
+        model_dirs=directory(exported_models("")),
+        archives=exported_models(".zip"),
+        prov=f"{RES}/provenance/export/{{node_type}}/{{output_type}}/{{feature_group}}.json",
     params:
         vmpower=VMPOWER,
+        trainers=TRAINERS,
         settings=settings_json("export", ingest=config["ingest"]),
     log:
-        "logs/export/{node_type}/{output_type}/{feature_group}/{trainer}.log",
+        "logs/export/{node_type}/{output_type}/{feature_group}.log",
     benchmark:
-        "benchmarks/export/{node_type}/{output_type}/{feature_group}/{trainer}.tsv"
+        "benchmarks/export/{node_type}/{output_type}/{feature_group}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=20,
+        runtime=30,
     conda:
         CONDA_ENV
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} export --model {input.model} --metrics {input.metrics}"
-        " --holdout {input.holdout} --dataset {input.dataset} --isolation {input.isolation}"
+        "{params.vmpower} --provenance {output.prov} export --trainer {params.trainers} --model {input.models}"
+        " --metrics {input.metrics} --holdout {input.holdouts} --isolation {input.isolation}"
         " --machine-spec {input.spec} --lock {input.lock}"
         " --node-type {wildcards.node_type} --output-type {wildcards.output_type}"
-        " --feature-group {wildcards.feature_group} --trainer {wildcards.trainer}"
-        " --out-dir {output.model_dir} --archive {output.archive} --settings {params.settings:q} > {log} 2>&1"
+        " --feature-group {wildcards.feature_group} --out-dir {output.model_dirs} --archive {output.archives}"
+        " --settings {params.settings:q} > {log} 2>&1"
 
 
 # The best model per output type and feature group of one node_type (so a new run of one

@@ -243,14 +243,14 @@ def test_tampered_zip_is_refused_and_cli_prints_one_line(art, tmp_path, capsys):
 
 
 def test_metadata_records_training_rows_time_and_feature_ranges(art):
-    """training_data comes from the isolated data set's rows that train used."""
+    """training_data: what train recorded over the isolated data set's rows it used."""
     for key in (SYS_XGB, ACT_LR, DYN_LR):
         meta = json.loads((art["models"][key] / "metadata.json").read_text())
         report = json.loads((art["trained"][key] / "metrics.json").read_text())
         data = pd.read_parquet(art["datasets"][key[0]])
         rows = data[data[meta["features"]].notna().all(axis=1)]
         td = meta["training_data"]
-        assert td["rows"] == report["rows_train"] == len(rows) == td["ranges_rows"] and td["ranges_from"] == "dataset"
+        assert td["rows"] == report["rows_train"] == len(rows) == td["ranges_rows"] and td["ranges_from"] == "training rows"
         assert td["last_sample_time"] == rows["time"].max()
         assert list(td["feature_ranges"]) == sorted(meta["features"])
         for f, r in td["feature_ranges"].items():

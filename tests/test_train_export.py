@@ -1,4 +1,5 @@
 import json
+import shutil
 import zipfile
 
 import numpy as np
@@ -100,49 +101,95 @@ def exported(tmp_path_factory):
     spec = root / "machine_spec.json"
     spec.write_text(json.dumps({"processor": "Test CPU", "cores": 8, "chips": 1, "memory": 32, "frequency": 2000}))
     out = {}
-    for trainer in CONFIG["train"]["trainers"]:
+    trainers = CONFIG["train"]["trainers"]
+    for trainer in trainers:
         d = root / trainer
         tset = json.dumps({**CONFIG["train"], "patterns": ["cpu_*", "memory_usage_percent"]})
         assert cli.main(["train", "--dataset", str(data), "--node-type", "nt", "--output-type", "AbsPower",
                          "--feature-group", "Full", "--trainer", trainer, "--model", str(d / "model.joblib"),
                          "--metrics", str(d / "metrics.json"), "--holdout", str(d / "holdout.parquet"),
                          "--settings", tset]) == 0
-        for copy in ("a", "b"):
-            assert cli.main(["export", "--model", str(d / "model.joblib"), "--metrics", str(d / "metrics.json"),
-                             "--holdout", str(d / "holdout.parquet"), "--node-type", "nt", "--output-type",
-                             "AbsPower", "--feature-group", "Full", "--trainer", trainer, "--dataset", str(data),
-                             "--machine-spec", str(spec),
-                             "--lock", "envs/pipeline.lock", "--out-dir", str(d / copy / f"{trainer}Trainer_nt"),
-                             "--archive", str(d / copy / f"{trainer}Trainer_nt.zip"),
-                             "--settings", json.dumps(CONFIG["export"])]) == 0
         out[trainer] = d
+    # One export call for every trainer of the feature group, as export_models makes it; twice.
+    for copy in ("a", "b"):
+        assert cli.main(["export", "--trainer", *trainers,
+                         "--model", *(str(out[t] / "model.joblib") for t in trainers),
+                         "--metrics", *(str(out[t] / "metrics.json") for t in trainers),
+                         "--holdout", *(str(out[t] / "holdout.parquet") for t in trainers),
+                         "--node-type", "nt", "--output-type", "AbsPower", "--feature-group", "Full",
+                         "--machine-spec", str(spec), "--lock", "envs/pipeline.lock",
+                         "--out-dir", *(str(out[t] / copy / f"{t}Trainer_nt") for t in trainers),
+                         "--archive", *(str(out[t] / copy / f"{t}Trainer_nt.zip") for t in trainers),
+                         "--settings", json.dumps(CONFIG["export"])]) == 0
     out["_dataset"] = data
     out["_spec"] = spec
     return out
 
 
-def _export(d, out, *extra, output_type="AbsPower", settings=None):
+def _export(d, out, *extra, output_type="AbsPower", settings=None, trainer="LinearRegression"):
     return cli.main(["export", "--model", str(d / "model.joblib"), "--metrics", str(d / "metrics.json"), "--holdout",
                      str(d / "holdout.parquet"), "--node-type", "nt", "--output-type", output_type, "--feature-group",
-                     "Full", "--trainer", "LinearRegression", "--out-dir", str(out), "--archive", str(out) + ".zip",
+                     "Full", "--trainer", trainer, "--out-dir", str(out), "--archive", str(out) + ".zip",
                      "--settings", json.dumps(settings or CONFIG["export"]), *map(str, extra)])
 
 
-def test_training_ranges_from_the_dataset_equal_the_training_rows(exported, tmp_path):
-    """metadata.json training_data: rows, newest time and per-feature [min, max] of the rows
-    train used; with several runs the held-out rows are those rows, so both sources agree."""
+def test_training_ranges_recorded_by_train_equal_the_dataset_and_the_held_out_rows(exported, tmp_path):
+    """metadata.json training_data: rows, newest time and per-feature [min, max] of the rows train
+    used, as train recorded them; `export --dataset` recomputes the same from the data set, and
+    metrics without them fall back to the held-out rows (the same rows with several runs)."""
     d = exported["LinearRegression"]
     meta = json.loads((d / "a" / "LinearRegressionTrainer_nt" / "metadata.json").read_text())
     df = pd.read_parquet(exported["_dataset"])
     td = meta["training_data"]
-    assert td["rows"] == td["ranges_rows"] == len(df) == 600 and td["ranges_from"] == "dataset"
+    assert td["rows"] == td["ranges_rows"] == len(df) == 600 and td["ranges_from"] == "training rows"
     assert td["last_sample_time"] == df["time"].max()
     assert td["feature_ranges"]["cpu_utilization"] == {"min": df["cpu_utilization"].min(), "max": df["cpu_utilization"].max()}
-    assert exported["_dataset"].as_posix() in meta["provenance"]["inputs"]
-    assert _export(d, tmp_path / "h") == 0  # no --dataset: from the held-out rows
+    assert td == json.loads((d / "metrics.json").read_text())["training_data"]
+    assert exported["_dataset"].as_posix() not in meta["provenance"]["inputs"]
+
+    assert _export(d, tmp_path / "ds", "--dataset", exported["_dataset"]) == 0
+    from_ds = json.loads((tmp_path / "ds" / "metadata.json").read_text())
+    assert from_ds["training_data"] == {**td, "ranges_from": "dataset"}
+    assert exported["_dataset"].as_posix() in from_ds["provenance"]["inputs"]
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(d, legacy, ignore=shutil.ignore_patterns("a", "b"))
+    report = json.loads((legacy / "metrics.json").read_text())
+    del report["training_data"]
+    (legacy / "metrics.json").write_text(json.dumps(report))
+    assert _export(legacy, tmp_path / "h") == 0
     held = json.loads((tmp_path / "h" / "metadata.json").read_text())["training_data"]
-    assert held["ranges_from"] == "holdout" and held["feature_ranges"] == td["feature_ranges"]
-    assert held["last_sample_time"] == td["last_sample_time"]
+    assert held == {**td, "ranges_from": "holdout"}
+
+
+def test_one_export_call_checks_every_model_before_writing_any(exported, tmp_path, capsys):
+    """A job exports all trainers of a feature group: lists of unequal length are refused with
+    one line, and a model failing its ONNX check leaves none of the others written."""
+    lr, gbr = exported["LinearRegression"], exported["GradientBoostingRegressor"]
+    base = ["export", "--node-type", "nt", "--output-type", "AbsPower", "--feature-group", "Full",
+            "--metrics", str(lr / "metrics.json"), str(gbr / "metrics.json"),
+            "--holdout", str(lr / "holdout.parquet"), str(gbr / "holdout.parquet"),
+            "--out-dir", str(tmp_path / "o" / "lr"), str(tmp_path / "o" / "gbr"),
+            "--archive", str(tmp_path / "o" / "lr.zip"), str(tmp_path / "o" / "gbr.zip")]
+    assert cli.main([*base, "--trainer", "LinearRegression", "GradientBoostingRegressor", "--model",
+                     str(lr / "model.joblib"), "--settings", json.dumps(CONFIG["export"])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["vmpower export: error: --model: has 1 values for 2 trainers (one per --trainer)"]
+    # Linear models match ONNX to ~1e-13 W, float32 trees only to ~1e-6 W: a 1e-9 W limit
+    # passes the first model and fails the second.
+    strict = {**CONFIG["export"], "max_abs_diff_watts": 1e-9}
+    assert cli.main([*base, "--trainer", "LinearRegression", "GradientBoostingRegressor", "--model",
+                     str(lr / "model.joblib"), str(gbr / "model.joblib"), "--settings", json.dumps(strict)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{gbr / 'model.joblib'}: ONNX" in err[0]
+    assert not (tmp_path / "o").exists()
+    assert cli.main([*base, "--trainer", "LinearRegression", "GradientBoostingRegressor", "--model",
+                     str(lr / "model.joblib"), str(gbr / "model.joblib"), "--settings", json.dumps(CONFIG["export"])]) == 0
+    for name in ("lr", "gbr"):  # the same bytes as one export per model
+        trainer = {"lr": "LinearRegression", "gbr": "GradientBoostingRegressor"}[name]
+        one = tmp_path / "one" / name
+        assert _export(exported[trainer], one, trainer=trainer) == 0
+        assert (one / "metadata.json").read_bytes() == (tmp_path / "o" / name / "metadata.json").read_bytes()
 
 
 def test_export_refuses_a_dataset_the_model_was_not_trained_on(exported, tmp_path, capsys):

@@ -42,11 +42,13 @@ def _env(ws: Path) -> dict:
     return env
 
 
-def snakemake(ws: Path, *args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
-    res = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=ws, capture_output=True, text=True, timeout=timeout,
-        env=_env(ws),
-    )
+def snakemake(ws: Path, *args: str, check: bool = True, timeout: int = 1800,
+              worker: bool = False) -> subprocess.CompletedProcess:
+    """snakemake in ws; with worker=True under `vmpower worker run` (as `make run` does)."""
+    cmd = [sys.executable, "-m", "snakemake", *args]
+    if worker:
+        cmd = [sys.executable, "-m", "vmpower", "worker", "run", "--", *cmd]
+    res = subprocess.run(cmd, cwd=ws, capture_output=True, text=True, timeout=timeout, env=_env(ws))
     if check and res.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
     return res

@@ -41,6 +41,7 @@ COMMANDS = {
     "gate": "vmpower.gate",
     "accept-models": "vmpower.gate",
     "changelog": "vmpower.gate",
+    "worker": "vmpower.worker",
     "report-quality": "vmpower.report",
     "report-models": "vmpower.report",
     "report-provenance": "vmpower.report",

@@ -128,13 +128,14 @@ def write_manifest(model_dir: Path) -> None:
 
 
 def training_data(features: list[str], report: dict, holdout: pd.DataFrame, dataset: str | None) -> dict:
-    """What an exporter reports about a model's training data (kepler_vm_training_data_points_total,
-    kepler_vm_last_training_timestamp, kepler_vm_model_confidence_score): the training rows, the
-    newest sample's time and each feature's [min, max] over the rows the model was trained on.
+    """metadata.json's training_data (rows, newest time, per-feature [min, max]): what train
+    recorded over its training rows. With ``dataset``, recomputed from that data set's rows
+    having every feature train selected before it dropped the constant ones
+    (train.select_features), which checks that the data set is the one trained on. Metrics from
+    before train recorded it fall back to the held-out rows, which are the same rows whenever the
+    model was evaluated leave-one-run-out (two runs or more)."""
+    from vmpower.train import training_data as summarise
 
-    Those rows are the data set's rows having every feature train selected before it dropped the
-    constant ones (train.select_features); without --dataset, the held-out rows, which are the
-    same rows whenever the model was evaluated leave-one-run-out (two runs or more)."""
     if dataset:
         dropped = (report.get("feature_report") or {}).get("dropped") or {}
         selected = features + [f for f, why in dropped.items() if str(why).startswith("constant")]
@@ -149,18 +150,10 @@ def training_data(features: list[str], report: dict, holdout: pd.DataFrame, data
         if len(rows) != report["rows_train"]:
             raise InputError(dataset, f"has {len(rows)} rows with the model's features, the training report says "
                                       f"{report['rows_train']}: not the data set the model was trained on")
-    else:
-        rows = holdout[["time", *features]]
-    X = rows[features].to_numpy("float64")
-    return {
-        "rows": int(report["rows_train"]),
-        "ranges_from": "dataset" if dataset else "holdout",
-        "ranges_rows": int(len(rows)),
-        # On the clock the merge aligned on: epoch when both collectors wrote epoch times.
-        "last_sample_time": float(rows["time"].max()),
-        "feature_ranges": {f: {"min": float(lo), "max": float(hi)}
-                           for f, lo, hi in zip(features, X.min(axis=0), X.max(axis=0))},
-    }
+        return summarise(rows, features, report["rows_train"], "dataset")
+    if report.get("training_data"):
+        return report["training_data"]
+    return summarise(holdout, features, report["rows_train"], "holdout")
 
 
 def isolation_info(path: str) -> dict:
@@ -172,14 +165,17 @@ def isolation_info(path: str) -> dict:
         raise InputError(path, f"not an isolation.json with method and idle_power_watts ({exc})") from None
 
 
-def build_archive(args, settings: dict) -> dict:
+def build_model(spec: dict, args, settings: dict) -> tuple[dict, dict[str, bytes]]:
+    """metadata.json and every file of one model's archive, in memory (nothing is written):
+    ``spec`` names its trainer and its train outputs (model, metrics, holdout)."""
     import joblib
 
-    bundle = joblib.load(args.model)
-    report = json.loads(Path(args.metrics).read_text())
-    holdout = pd.read_parquet(args.holdout)
+    trainer = spec["trainer"]
+    bundle = joblib.load(spec["model"])
+    report = json.loads(Path(spec["metrics"]).read_text())
+    holdout = pd.read_parquet(spec["holdout"])
     features, zones = bundle["features"], bundle["zones"]
-    name = model_name(args.trainer, args.node_type)
+    name = model_name(trainer, args.node_type)
     machine_spec = {}
     if args.machine_spec:
         machine_spec = json.loads(Path(sorted(args.machine_spec)[0]).read_text())
@@ -188,7 +184,7 @@ def build_archive(args, settings: dict) -> dict:
 
     metadata = {
         "model_name": name,
-        "trainer": f"{args.trainer}Trainer",
+        "trainer": f"{trainer}Trainer",
         "model_class": "onnx",
         "node_type": args.node_type,
         "output_type": args.output_type,
@@ -203,23 +199,24 @@ def build_archive(args, settings: dict) -> dict:
     isolation = list(getattr(args, "isolation", None) or [])
     if args.output_type == "DynPower":
         if len(isolation) != 1:
-            raise InputError(args.model, "a DynPower model needs --isolation with its node_type's isolation.json "
-                                         "(which idle power was subtracted)")
+            raise InputError(spec["model"], "a DynPower model needs --isolation with its node_type's isolation.json "
+                                            "(which idle power was subtracted)")
         metadata.update(isolation_info(isolation[0]))
     elif isolation:
         raise InputError(isolation[0], f"--isolation is for DynPower models, not {args.output_type}")
     files: dict[str, bytes] = {}
+    dataset = getattr(args, "dataset", None)
     if report["status"] == "trained":
         X = holdout[features].to_numpy("float64")
         onnx_info = {}
         for zone in zones:
             pipe = bundle["models"][zone]
-            onx = to_onnx(pipe, len(features), args.trainer, f"{name}_{zone}", int(settings["onnx_opset"]))
+            onx = to_onnx(pipe, len(features), trainer, f"{name}_{zone}", int(settings["onnx_opset"]))
             data = onx.SerializeToString()
             diff = float(np.max(np.abs(onnx_predict(data, X) - pipe.predict(X)))) if len(X) else 0.0
             if not diff <= float(settings["max_abs_diff_watts"]):
                 raise InputError(
-                    args.model,
+                    spec["model"],
                     f"ONNX {zone} model differs from the native model by {diff:.3g} W on held-out rows "
                     f"(limit {settings['max_abs_diff_watts']} W)",
                 )
@@ -239,10 +236,10 @@ def build_archive(args, settings: dict) -> dict:
                 "chosen_params": report.get("chosen_params"),
                 "search": ({k: v for k, v in report["search"].items() if k != "per_zone"} if report.get("search") else None),
                 "onnx": onnx_info,
-                "training_data": training_data(features, report, holdout, getattr(args, "dataset", None)),
+                "training_data": training_data(features, report, holdout, dataset),
             }
         )
-        if TRAINERS[args.trainer][2]:
+        if TRAINERS[trainer][2]:
             weights = {z: kepler_weights(bundle["models"][z], features) for z in zones}
             files["weight.json"] = dumps_json(weights).encode()
     else:
@@ -254,15 +251,18 @@ def build_archive(args, settings: dict) -> dict:
     if settings.get("ingest"):
         metadata["ingest"] = settings["ingest"]
     metadata["provenance"] = {
-        "inputs": provenance.input_checksums([args.model, args.metrics, args.holdout, *(args.machine_spec or []),
-                                              *([args.dataset] if getattr(args, "dataset", None) else []), *isolation]),
+        "inputs": provenance.input_checksums([spec["model"], spec["metrics"], spec["holdout"], *(args.machine_spec or []),
+                                              *([dataset] if dataset else []), *isolation]),
         "environment_lock": provenance.input_checksums([args.lock])[Path(args.lock).as_posix()] if args.lock else None,
         "packages": provenance.package_versions(),
         "settings": settings,
     }
     files["metadata.json"] = dumps_json(metadata).encode()
+    return metadata, files
 
-    out_dir = Path(args.out_dir)
+
+def write_model(files: dict[str, bytes], out_dir: Path, archive: Path, zip_date: tuple) -> None:
+    """The model directory (with its manifest) and its zip, each replaced whole."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -272,24 +272,41 @@ def build_archive(args, settings: dict) -> dict:
         for p in tmp_dir.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp_dir, 0o755)
-        write_zip(tmp_dir, Path(args.archive), tuple(settings["zip_date"]))
+        write_zip(tmp_dir, archive, zip_date)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    return metadata
+
+
+def model_specs(args) -> list[dict]:
+    """One entry per model: --trainer, --model, --metrics, --holdout, --out-dir and --archive
+    are parallel lists (a job exports every trainer of one feature group)."""
+    keys = ("trainer", "model", "metrics", "holdout", "out_dir", "archive")
+    lists = {k: list(getattr(args, k)) for k in keys}
+    n = len(lists["trainer"])
+    if len(set(lists["trainer"])) != n:
+        raise InputError("--trainer", "names a trainer twice")
+    for k in keys[1:]:
+        if len(lists[k]) != n:
+            raise InputError(f"--{k.replace('_', '-')}", f"has {len(lists[k])} values for {n} trainers (one per --trainer)")
+    return [{k: lists[k][i] for k in keys} for i in range(n)]
 
 
 def cmd_export(args) -> int:
     settings = json.loads(args.settings)
-    meta = build_archive(args, settings)
-    if meta["status"] == "trained":
-        worst = max(v["max_abs_diff_watts"] for v in meta["onnx"].values())
-        print(f"exported {meta['model_name']} ({len(meta['zones'])} zones, max |onnx - native| {worst:.2g} W)")
-    else:
-        print(f"exported {meta['model_name']} as skipped: {meta.get('reason')}")
+    specs = model_specs(args)
+    # Every model is converted and checked before any is written: a failing check leaves no output.
+    built = [build_model(spec, args, settings) for spec in specs]
+    for spec, (meta, files) in zip(specs, built):
+        write_model(files, Path(spec["out_dir"]), Path(spec["archive"]), tuple(settings["zip_date"]))
+        if meta["status"] == "trained":
+            worst = max(v["max_abs_diff_watts"] for v in meta["onnx"].values())
+            print(f"exported {meta['model_name']} ({len(meta['zones'])} zones, max |onnx - native| {worst:.2g} W)")
+        else:
+            print(f"exported {meta['model_name']} as skipped: {meta.get('reason')}")
     return 0
 
 
@@ -376,22 +393,23 @@ def cmd_summary(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a trained model to ONNX + a Kepler-compatible archive")
-    p.add_argument("--model", required=True)
-    p.add_argument("--metrics", required=True)
-    p.add_argument("--holdout", required=True)
+    p = sub.add_parser("export", help="export trained models to ONNX + Kepler-compatible archives "
+                                      "(one node_type, output type and feature group; one or more trainers)")
+    p.add_argument("--trainer", nargs="+", required=True)
+    p.add_argument("--model", nargs="+", required=True, help="model.joblib per trainer (same order)")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics.json per trainer (same order)")
+    p.add_argument("--holdout", nargs="+", required=True, help="holdout.parquet per trainer (same order)")
     p.add_argument("--node-type", required=True)
     p.add_argument("--output-type", required=True)
     p.add_argument("--feature-group", required=True)
-    p.add_argument("--trainer", required=True)
     p.add_argument("--machine-spec", nargs="*", default=[])
-    p.add_argument("--dataset", help="the isolated data set the model was trained on: training ranges over all "
-                                     "its rows (default: the held-out rows)")
+    p.add_argument("--dataset", help="the isolated data set the models were trained on: recompute the training "
+                                     "ranges from it (default: those train recorded in metrics.json)")
     p.add_argument("--isolation", nargs="*", default=[],
                    help="DynPower only: the node_type's isolation.json (isolator and idle watts go to metadata.json)")
     p.add_argument("--lock", help="environment lock file whose sha256 goes into the provenance")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--archive", required=True)
+    p.add_argument("--out-dir", nargs="+", required=True, help="model directory per trainer (same order)")
+    p.add_argument("--archive", nargs="+", required=True, help="<Trainer>Trainer_<node_type>.zip per trainer (same order)")
     p.add_argument("--settings", required=True)
     p.set_defaults(func=cmd_export)
 

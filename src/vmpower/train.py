@@ -144,6 +144,22 @@ def zone_metrics(y: np.ndarray, pred: np.ndarray, mape_floor: float) -> dict:
     }
 
 
+def training_data(rows: pd.DataFrame, features: list[str], rows_train: int, source: str) -> dict:
+    """What an exporter reports about a model's training data (kepler_vm_training_data_points_total,
+    kepler_vm_last_training_timestamp, kepler_vm_model_confidence_score): the training rows, the
+    newest sample's time and each feature's [min, max] over ``rows``."""
+    X = rows[features].to_numpy("float64")
+    lo, hi = X.min(axis=0), X.max(axis=0)
+    return {
+        "rows": int(rows_train),
+        "ranges_from": source,
+        "ranges_rows": int(len(rows)),
+        # On the clock the merge aligned on: epoch when both collectors wrote epoch times.
+        "last_sample_time": float(rows["time"].max()),
+        "feature_ranges": {f: {"min": float(a), "max": float(b)} for f, a, b in zip(features, lo, hi)},
+    }
+
+
 def param_grid(base: dict, grid: dict) -> list[dict]:
     """base params overlaid with every combination of the grid (sorted keys, config order)."""
     import itertools
@@ -258,6 +274,8 @@ def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: dict, p
         "evaluation": scheme,
         "rows_train": int(len(data)),
         "rows_heldout": int(held.sum()),
+        # Export copies this into metadata.json; computed here, where the training rows are.
+        "training_data": training_data(data, features, len(data), "training rows"),
         "runs": sorted(data["run_id"].unique()),
         "metrics": metrics,
         "mae_mean": float(np.mean([m["mae"] for m in metrics.values()])),

@@ -81,7 +81,7 @@ def build(root: Path) -> dict:
             out = res / "models" / ot / fg / f"{tr}Trainer_{NODE_TYPE}"
             _run("export", "--model", t / "model.joblib", "--metrics", t / "metrics.json", "--holdout",
                  t / "holdout.parquet", "--node-type", NODE_TYPE, "--output-type", ot, "--feature-group", fg,
-                 "--trainer", tr, "--dataset", iso / f"{ot}.parquet",
+                 "--trainer", tr,
                  *(["--isolation", iso / "info.json"] if ot == "DynPower" else []), "--machine-spec", spec, "--lock", ROOT / "envs" / "pipeline.lock", "--out-dir", out,
                  "--archive", out.with_name(out.name + ".zip"),
                  "--settings", json.dumps({**cfg["export"], "ingest": cfg["ingest"]}))

@@ -1,0 +1,350 @@
+"""A persistent worker that starts ``vmpower`` steps without paying for their imports.
+
+A pipeline step spends 2-3 s importing pandas, scikit-learn, XGBoost and the ONNX converters
+before it does well under a second of work, and the demo build runs ~170 such steps. Like
+Bazel's persistent workers, ``vmpower worker run -- snakemake ...`` starts one server that
+imports those libraries once; every ``python -m vmpower ...`` the build starts then asks the
+server to fork a child that runs the step:
+
+* Each step runs in its own forked process, in the job's working directory, environment,
+  stdin/stdout/stderr (passed over the Unix socket) and with its exit code, so a step cannot
+  see another step's state. vmpower's own modules are imported by the child from disk, so an
+  edited stage runs its new code; only third-party libraries are preloaded.
+* The server is single-threaded and never runs library code itself, so forking is safe (no
+  OpenMP or BLAS thread pools exist yet) and the children start from the same state a fresh
+  interpreter would reach after the same imports: outputs are byte-identical with and without
+  the worker (tests/test_workflow.py builds both).
+* When the client stops (Snakemake cancels a job), the server kills the step's process group.
+* Without a reachable server (``VMPOWER_WORKER`` unset, another interpreter, venv or vmpower
+  source tree, inside a SLURM allocation, where a step must use the allocation's resources),
+  ``python -m vmpower`` runs the step itself as always.
+* Snakemake's ``benchmark:`` files keep the step's wall time (``s``); their CPU and memory
+  columns measure only the client, because the step is not its child.
+
+This module imports only the standard library at module level: it is the client too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENV = "VMPOWER_WORKER"
+# Imported once by the server (the cost every step would pay); vmpower's modules never are.
+PRELOAD = (
+    "numpy", "pandas", "pyarrow.parquet", "joblib", "yaml",
+    "sklearn.pipeline", "sklearn.preprocessing", "sklearn.linear_model", "sklearn.ensemble",
+    "sklearn.neighbors", "xgboost", "skl2onnx", "skl2onnx.sklapi", "onnxmltools", "onnxruntime",
+    "matplotlib.pyplot",
+)
+MAX_REQUEST = 1 << 20
+KILL_GRACE_SECONDS = 5.0
+
+
+def _log(message: str) -> None:
+    print(f"vmpower worker: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- client (python -m vmpower)
+
+
+def interpreter() -> list[str]:
+    """Which Python, environment (venv) and vmpower source a step asks for: the worker serves
+    only its own (the children import vmpower from the server's sys.path)."""
+    import vmpower
+
+    return [os.path.realpath(sys.executable), sys.prefix, sys.version,
+            *(os.path.realpath(p) for p in vmpower.__path__)]
+
+
+def forward(argv: list[str]) -> int | None:
+    """Run ``vmpower argv`` in the worker named by $VMPOWER_WORKER and return its exit code;
+    None when there is no usable worker (the caller then runs the step itself)."""
+    path = os.environ.get(ENV)
+    if not path or os.environ.get("SLURM_JOB_ID"):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "interpreter": interpreter()}
+        # The request ends at its newline; the connection stays open until the step ends (the
+        # server takes its closing as "stop the step").
+        socket.send_fds(sock, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
+    except OSError:
+        sock.close()
+        return None
+
+    def stop(signum, _frame):
+        sock.close()  # the server sees the connection end and kills the step
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    reply = b""
+    while chunk := sock.recv(4096):
+        reply += chunk
+    sock.close()
+    if not reply:
+        print(f"vmpower: error: {path}: the worker ended before the step did", file=sys.stderr)
+        return 1
+    answer = json.loads(reply)
+    if answer.get("refused"):
+        return None
+    return int(answer["exit"])
+
+
+# ---------------------------------------------------------------- server
+
+
+def preload(modules=PRELOAD) -> list[str]:
+    """Import what the steps import; a module this environment lacks is skipped."""
+    import importlib
+
+    loaded = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except ImportError:
+            pass
+    if "matplotlib.pyplot" in loaded:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    return loaded
+
+
+def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
+    conn.settimeout(10)
+    data, fds, _flags, _addr = socket.recv_fds(conn, MAX_REQUEST, 3)
+    while not data.endswith(b"\n"):
+        more = conn.recv(MAX_REQUEST)
+        if not more:
+            break
+        data += more
+    conn.settimeout(None)
+    return json.loads(data), fds
+
+
+def _run_child(request: dict, fds: list[int], close: list) -> None:
+    """In the forked child: become the step, then exit with its code (never returns)."""
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        for s in close:
+            s.close()
+        # vmpower's modules come from disk after the fork, so an edited stage (or cli.py) runs
+        # its new code; the server loaded only cli, errors and this module.
+        for name in [m for m in sys.modules if m == "vmpower" or m.startswith("vmpower.")]:
+            del sys.modules[name]
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        for target, fd in zip((0, 1, 2), fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ.pop(ENV, None)
+        sys.argv = ["vmpower", *request["argv"]]
+        from vmpower.cli import main  # from disk, after the fork: an edited stage runs its new code
+
+        code = int(main(request["argv"]) or 0)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - a step's crash is reported like an interpreter's
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def serve(path: str, idle_timeout: float = 0.0) -> int:
+    """Serve steps on the Unix socket ``path`` until SIGTERM/SIGINT (or ``idle_timeout`` s
+    without a step, when > 0)."""
+    loaded = preload()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    Path(path).unlink(missing_ok=True)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, None)
+    running: dict[int, socket.socket] = {}  # pid -> the client's connection
+    killed: dict[int, float] = {}  # pid -> when SIGTERM was sent
+    stopping = False
+    served = refused = 0
+
+    def stop(_signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    _log(f"serving on {path} ({len(loaded)} modules preloaded)")
+    last_active = time.monotonic()
+    try:
+        while not stopping:
+            for key, _ in sel.select(timeout=0.02):
+                if key.data is None:
+                    conn, _ = listener.accept()
+                    try:
+                        request, fds = _read_request(conn)
+                    except (OSError, ValueError) as exc:
+                        _log(f"bad request ({exc})")
+                        conn.close()
+                        continue
+                    if request.get("interpreter") != interpreter() or len(fds) != 3:
+                        refused += 1
+                        conn.sendall(json.dumps({"refused": "another interpreter, venv or vmpower source"}).encode())
+                        conn.close()
+                        for fd in fds:
+                            os.close(fd)
+                        continue
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    pid = os.fork()
+                    if pid == 0:
+                        _run_child(request, fds, [sel, listener, *running.values(), conn])
+                    for fd in fds:
+                        os.close(fd)
+                    running[pid] = conn
+                    served += 1
+                    sel.register(conn, selectors.EVENT_READ, pid)
+                elif key.data in running and not key.fileobj.recv(1):
+                    pid = key.data  # the client went away: stop its step
+                    sel.unregister(key.fileobj)
+                    _kill(pid, signal.SIGTERM)
+                    killed[pid] = time.monotonic()
+            now = time.monotonic()
+            for pid, since in list(killed.items()):
+                if now - since > KILL_GRACE_SECONDS:
+                    _kill(pid, signal.SIGKILL)
+                    del killed[pid]
+            _reap(running, killed, sel)
+            if running:
+                last_active = now
+            elif idle_timeout > 0 and now - last_active > idle_timeout:
+                _log(f"idle for {idle_timeout:g} s, stopping")
+                break
+    finally:
+        for pid in list(running):
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        while running and time.monotonic() < deadline:
+            _reap(running, killed, sel)
+            time.sleep(0.02)
+        for pid in list(running):
+            _kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        listener.close()
+        Path(path).unlink(missing_ok=True)
+        _log(f"served {served} steps" + (f", refused {refused} (another interpreter, venv or vmpower source)"
+                                         if refused else ""))
+    return 0
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _reap(running: dict, killed: dict, sel) -> None:
+    while running:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = running.pop(pid, None)
+        killed.pop(pid, None)
+        if conn is None:
+            continue
+        try:
+            sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        try:
+            conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode())
+        except OSError:
+            pass
+        conn.close()
+
+
+# ---------------------------------------------------------------- vmpower worker run -- CMD
+
+
+def run_with_worker(command: list[str], start_timeout: float = 60.0) -> int:
+    """Run ``command`` (e.g. snakemake) with a worker serving its vmpower steps."""
+    tmp = tempfile.mkdtemp(prefix="vmpower-worker-")
+    path = os.path.join(tmp, "socket")
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env.pop(ENV, None)
+    server = subprocess.Popen([sys.executable, "-m", "vmpower", "worker", "serve", "--socket", path], env=env)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not os.path.exists(path) and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child_env = dict(os.environ)
+        if os.path.exists(path):
+            child_env[ENV] = path
+        else:
+            _log("did not start; the steps start their own interpreters")
+        try:
+            return subprocess.call(command, env=child_env)
+        except FileNotFoundError:
+            _log(f"{command[0]}: command not found")
+            return 127
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=KILL_GRACE_SECONDS * 2)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        Path(path).unlink(missing_ok=True)
+        os.rmdir(tmp)
+
+
+def cmd_serve(args) -> int:
+    return serve(args.socket, idle_timeout=args.idle_timeout)
+
+
+def cmd_run(args) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("vmpower worker run: error: give the command to run, e.g. `vmpower worker run -- snakemake --cores 2`",
+              file=sys.stderr)
+        return 2
+    return run_with_worker(command)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run a command (snakemake) with a preloaded worker serving its vmpower steps")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    r = actions.add_parser("run", help="start a worker, run COMMAND with it, stop it")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    r.set_defaults(func=cmd_run)
+    s = actions.add_parser("serve", help="only the server (what `run` starts)")
+    s.add_argument("--socket", required=True, help="the Unix socket to listen on")
+    s.add_argument("--idle-timeout", type=float, default=0.0, help="stop after this many idle seconds (0: never)")
+    s.set_defaults(func=cmd_serve)
