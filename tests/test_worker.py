@@ -31,10 +31,13 @@ def server(tmp_path):
     """A worker serving on tmp_path/s; yields (process, socket path, log path); stopped after."""
     procs = []
 
-    def start(pythonpath=None):
+    def start(pythonpath=None, hash_seed="0"):
         path = tmp_path / f"s{len(procs)}"
         log = tmp_path / f"server{len(procs)}.log"
         env = _env(**({"PYTHONPATH": str(pythonpath)} if pythonpath else {}))
+        env.pop("PYTHONHASHSEED")
+        if hash_seed is not None:
+            env["PYTHONHASHSEED"] = hash_seed
         proc = subprocess.Popen([sys.executable, "-m", "vmpower", "worker", "serve", "--socket", str(path)],
                                 env=env, stderr=log.open("w"), cwd=tmp_path)
         procs.append(proc)
@@ -96,6 +99,14 @@ def test_an_edited_source_runs_its_new_code(server, tmp_path):
     top = _client(["--help"], tmp_path, sock, PYTHONPATH=str(src))
     assert "Generate EDITED runs" in after.stdout and "Build EDITED models" in top.stdout
     assert "served 3 steps" in _stop(proc, log)
+
+
+def test_the_worker_runs_with_the_builds_hash_seed(server):
+    """Steps inherit the server's str hashing: it re-executes itself with PYTHONHASHSEED=0."""
+    for seed in (None, "123"):
+        proc, _sock, _log = server(hash_seed=seed)
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        assert b"PYTHONHASHSEED=0" in environ
 
 
 def test_a_cancelled_step_is_stopped(server, tmp_path):

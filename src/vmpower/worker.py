@@ -43,9 +43,10 @@ ENV = "VMPOWER_WORKER"
 PRELOAD = (
     "numpy", "pandas", "pyarrow.parquet", "joblib", "yaml",
     "sklearn.pipeline", "sklearn.preprocessing", "sklearn.linear_model", "sklearn.ensemble",
-    "sklearn.neighbors", "xgboost", "skl2onnx", "skl2onnx.sklapi", "onnxmltools", "onnxruntime",
-    "matplotlib.pyplot",
+    "sklearn.neighbors", "xgboost", "skl2onnx", "skl2onnx.sklapi", "onnxmltools", "matplotlib.pyplot",
 )
+# Not preloaded: onnxruntime starts a thread when imported, and a thread's locks do not survive
+# a fork; the export steps import it themselves (0.3 s).
 MAX_REQUEST = 1 << 20
 KILL_GRACE_SECONDS = 5.0
 
@@ -326,6 +327,10 @@ def run_with_worker(command: list[str], start_timeout: float = 60.0) -> int:
 
 
 def cmd_serve(args) -> int:
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # Every step inherits the server's hash seed: make it the one the build runs with.
+        os.execve(sys.executable, [sys.executable, "-m", "vmpower", *sys.argv[1:]],
+                  {**os.environ, "PYTHONHASHSEED": "0"})
     return serve(args.socket, idle_timeout=args.idle_timeout)
 
 
