@@ -135,10 +135,13 @@ def train_outputs(name):
                   trainer=TRAINERS, allow_missing=True)
 
 
+# An exported model's directory (+ ".zip": its archive); the one place that names it.
+MODEL_PATH = f"{RES}/models/{{output_type}}/{{feature_group}}/{{trainer}}Trainer_{{node_type}}"
+
+
 def exported_models(suffix):
     """export_models' model directories (suffix "") or archives (".zip"), in TRAINERS order."""
-    return expand(f"{RES}/models/{{output_type}}/{{feature_group}}/{{trainer}}Trainer_{{node_type}}{suffix}",
-                  trainer=TRAINERS, allow_missing=True)
+    return expand(MODEL_PATH + suffix, trainer=TRAINERS, allow_missing=True)
 
 
 def train_settings(wildcards):
@@ -152,18 +155,9 @@ def train_settings(wildcards):
     )
 
 
-def model_name(trainer, node_type):
-    return f"{trainer}Trainer_{node_type}"
-
-
-def exported_metadata(node_types=None):
-    return [
-        f"{RES}/models/{ot}/{fg}/{model_name(tr, nt)}"
-        for nt in (node_types or NODE_TYPES)
-        for ot in OUTPUT_TYPES
-        for fg in FEATURE_GROUPS
-        for tr in TRAINERS
-    ]
+def exported_metadata(node_types=None, suffix=""):
+    return expand(MODEL_PATH + suffix, node_type=node_types or NODE_TYPES, output_type=OUTPUT_TYPES,
+                  feature_group=FEATURE_GROUPS, trainer=TRAINERS)
 
 
 def node_type_models(wildcards):
@@ -172,13 +166,7 @@ def node_type_models(wildcards):
 
 
 def exported_archives():
-    return [
-        f"{RES}/models/{ot}/{fg}/{model_name(tr, nt)}.zip"
-        for nt in NODE_TYPES
-        for ot in OUTPUT_TYPES
-        for fg in FEATURE_GROUPS
-        for tr in TRAINERS
-    ]
+    return exported_metadata(suffix=".zip")
 
 
 def provenance_records():

@@ -165,9 +165,34 @@ def isolation_info(path: str) -> dict:
         raise InputError(path, f"not an isolation.json with method and idle_power_watts ({exc})") from None
 
 
-def build_model(spec: dict, args, settings: dict) -> tuple[dict, dict[str, bytes]]:
+def shared_inputs(args) -> dict:
+    """What every model of one export call shares, read once: the machine spec, the DynPower
+    isolator, and the shared part of the provenance."""
+    isolation = list(getattr(args, "isolation", None) or [])
+    if args.output_type == "DynPower":
+        if len(isolation) != 1:
+            raise InputError(args.model[0], "a DynPower model needs --isolation with its node_type's isolation.json "
+                                            "(which idle power was subtracted)")
+        isolator = isolation_info(isolation[0])
+    elif isolation:
+        raise InputError(isolation[0], f"--isolation is for DynPower models, not {args.output_type}")
+    else:
+        isolator = {}
+    dataset = getattr(args, "dataset", None)
+    return {
+        "machine_spec": json.loads(Path(sorted(args.machine_spec)[0]).read_text()) if args.machine_spec else {},
+        "isolator": isolator,
+        "dataset": dataset,
+        "inputs": provenance.input_checksums([*(args.machine_spec or []), *([dataset] if dataset else []), *isolation]),
+        "environment_lock": provenance.input_checksums([args.lock])[Path(args.lock).as_posix()] if args.lock else None,
+        "packages": provenance.package_versions(),
+    }
+
+
+def build_model(spec: dict, args, settings: dict, shared: dict) -> tuple[dict, dict[str, bytes]]:
     """metadata.json and every file of one model's archive, in memory (nothing is written):
-    ``spec`` names its trainer and its train outputs (model, metrics, holdout)."""
+    ``spec`` names its trainer and its train outputs (model, metrics, holdout); ``shared`` is
+    shared_inputs(args)."""
     import joblib
 
     trainer = spec["trainer"]
@@ -176,9 +201,6 @@ def build_model(spec: dict, args, settings: dict) -> tuple[dict, dict[str, bytes
     holdout = pd.read_parquet(spec["holdout"])
     features, zones = bundle["features"], bundle["zones"]
     name = model_name(trainer, args.node_type)
-    machine_spec = {}
-    if args.machine_spec:
-        machine_spec = json.loads(Path(sorted(args.machine_spec)[0]).read_text())
 
     from vmpower.train import TRAINERS
 
@@ -192,20 +214,13 @@ def build_model(spec: dict, args, settings: dict) -> tuple[dict, dict[str, bytes
         "features": features,
         "fe_files": [],
         "zones": zones,
-        "machine_spec": machine_spec,
+        "machine_spec": shared["machine_spec"],
         "status": report["status"],
         "input": {"name": "features", "type": "float64", "shape": [None, len(features)]},
     }
-    isolation = list(getattr(args, "isolation", None) or [])
-    if args.output_type == "DynPower":
-        if len(isolation) != 1:
-            raise InputError(spec["model"], "a DynPower model needs --isolation with its node_type's isolation.json "
-                                            "(which idle power was subtracted)")
-        metadata.update(isolation_info(isolation[0]))
-    elif isolation:
-        raise InputError(isolation[0], f"--isolation is for DynPower models, not {args.output_type}")
+    metadata.update(shared["isolator"])
     files: dict[str, bytes] = {}
-    dataset = getattr(args, "dataset", None)
+    dataset = shared["dataset"]
     if report["status"] == "trained":
         X = holdout[features].to_numpy("float64")
         onnx_info = {}
@@ -251,10 +266,10 @@ def build_model(spec: dict, args, settings: dict) -> tuple[dict, dict[str, bytes
     if settings.get("ingest"):
         metadata["ingest"] = settings["ingest"]
     metadata["provenance"] = {
-        "inputs": provenance.input_checksums([spec["model"], spec["metrics"], spec["holdout"], *(args.machine_spec or []),
-                                              *([dataset] if dataset else []), *isolation]),
-        "environment_lock": provenance.input_checksums([args.lock])[Path(args.lock).as_posix()] if args.lock else None,
-        "packages": provenance.package_versions(),
+        "inputs": dict(sorted({**provenance.input_checksums([spec["model"], spec["metrics"], spec["holdout"]]),
+                               **shared["inputs"]}.items())),
+        "environment_lock": shared["environment_lock"],
+        "packages": shared["packages"],
         "settings": settings,
     }
     files["metadata.json"] = dumps_json(metadata).encode()
@@ -299,7 +314,8 @@ def cmd_export(args) -> int:
     settings = json.loads(args.settings)
     specs = model_specs(args)
     # Every model is converted and checked before any is written: a failing check leaves no output.
-    built = [build_model(spec, args, settings) for spec in specs]
+    shared = shared_inputs(args)
+    built = [build_model(spec, args, settings, shared) for spec in specs]
     for spec, (meta, files) in zip(specs, built):
         write_model(files, Path(spec["out_dir"]), Path(spec["archive"]), tuple(settings["zip_date"]))
         if meta["status"] == "trained":
