@@ -370,3 +370,255 @@ def test_docs_noise_floor_table_is_the_generated_one(out, cfg):
     table = synth.noise_floor_table(out, list(cfg["node_types"]), ["package", "core", "dram", "uncore"])
     docs = (Path(__file__).resolve().parent.parent / "docs/demo-data.md").read_text()
     assert table in docs, f"docs/demo-data.md is stale; `vmpower synth --noise-table` gives:\n{table}"
+
+
+# ------------------------------------------------------------------ legacy profile (seed collectors)
+
+LEGACY = ROOT / "tests" / "data" / "legacy.yaml"
+LEGACY_NT = "demo-legacy-kvm"
+# Key order of the seed guest collector's samples (dataclasses.asdict(VMFeaturePoint)); version 2
+# (the seed's HEAD) appends core_count.
+LEGACY_VM_KEYS = [
+    "timestamp", "timestamp_absolute", "timestamp_iso",
+    "cpu_cycles", "instructions", "cache_references", "cache_misses", "branches", "branch_misses",
+    "page_faults", "context_switches",
+    "cpu_utilization", "cpu_user_time", "cpu_system_time", "cpu_nice_time", "cpu_iowait", "cpu_irq",
+    "cpu_softirq", "cpu_steal", "cpu_idle", "memory_usage_percent", "memory_available_gb",
+    "disk_io_read_mb", "disk_io_write_mb", "network_bytes_sent", "network_bytes_recv", "process_count",
+    "load_average_1min", "load_average_5min", "load_average_15min",
+    "instructions_per_cycle", "cache_miss_ratio", "branch_miss_ratio", "cpu_efficiency",
+    "sys_cpu_user_seconds", "sys_cpu_system_seconds", "sys_cpu_total_seconds", "sys_context_switches",
+    "sys_processes_created", "sys_procs_running", "sys_procs_blocked",
+    "collection_interval", "time_delta_seconds", "vm_hostname",
+]
+LEGACY_INTS = {"cpu_cycles", "instructions", "cache_references", "cache_misses", "branches", "branch_misses",
+               "page_faults", "context_switches", "network_bytes_sent", "network_bytes_recv", "process_count",
+               "sys_context_switches", "sys_processes_created", "sys_procs_running", "sys_procs_blocked",
+               "core_count"}
+LEGACY_PERF = ["cpu_cycles", "instructions", "cache_references", "cache_misses", "branches", "branch_misses",
+               "page_faults", "context_switches", "instructions_per_cycle", "cache_miss_ratio", "branch_miss_ratio"]
+LEGACY_HOST_HEADER = ("timestamp,timestamp_iso,total_cpu_watts_core,total_cpu_watts_package,vm_count,"
+                      "collection_interval,vm_filter")
+LEGACY_HOST_JSON_KEYS = ["timestamp", "timestamp_absolute", "timestamp_iso", "total_cpu_watts_core",
+                         "total_cpu_watts_package", "vm_count", "vms", "collection_interval", "kepler_endpoint",
+                         "vm_filter"]
+
+
+@pytest.fixture(scope="module")
+def legacy_cfg() -> dict:
+    return synth.load_config([CONFIG, LEGACY])
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth_legacy")
+    assert _cli("synth", "--config", str(CONFIG), "--config", str(LEGACY), "--node-type", LEGACY_NT,
+                "--out", str(root)) == 0
+    return root
+
+
+def _legacy_runs(root: Path, legacy_cfg) -> list[tuple[Path, dict]]:
+    specs = {s["id"]: s for s in legacy_cfg["node_types"][LEGACY_NT]["runs"]}
+    return [(p, specs[p.name]) for p in sorted((root / LEGACY_NT).iterdir()) if p.is_dir()]
+
+
+def test_legacy_overlay_merges_and_selects_node_types(legacy, legacy_cfg):
+    assert set(legacy_cfg["node_types"]) == {*synth.load_config(CONFIG)["node_types"], LEGACY_NT}
+    assert [p.name for p in legacy.iterdir()] == [LEGACY_NT]  # --node-type: only that one
+
+
+def test_legacy_layout_is_the_orchestrators(legacy, legacy_cfg):
+    runs = _legacy_runs(legacy, legacy_cfg)
+    assert len(runs) == 3
+    for run, spec in runs:
+        names = sorted(p.name for p in run.iterdir())
+        assert len(names) == 2, names  # no machine_spec.json: the seed writes none
+        ext = spec.get("host_format", "csv")
+        assert re.fullmatch(rf"bm_power_training_(\d{{8}}_\d{{6}})\.{ext}", names[0])
+        assert re.fullmatch(r"vm_features_training_(\d{8}_\d{6})\.json", names[1])
+        assert names[0][len("bm_power_"):].split(".")[0] == names[1][len("vm_features_"):].split(".")[0]
+
+
+def test_legacy_vm_keys_order_types_and_layout(legacy, legacy_cfg):
+    versions = set()
+    for run, spec in _legacy_runs(legacy, legacy_cfg):
+        (path,) = run.glob("vm_features_*.json")
+        text = path.read_text(encoding="utf-8")
+        samples = json.loads(text)
+        assert text == json.dumps(samples, indent=2)  # json.dump(indent=2): repr floats, no final newline
+        version = spec.get("collector_version", 2)
+        versions.add(version)
+        keys = LEGACY_VM_KEYS + (["core_count"] if version == 2 else [])
+        assert all(list(s) == keys for s in samples), path
+        for k in keys:
+            types = {type(s[k]) for s in samples}
+            want = {int} if k in LEGACY_INTS else {str} if k in ("timestamp_iso", "vm_hostname") else {float}
+            assert types == want, (path, k, types)
+        assert {s["vm_hostname"] for s in samples} == {"fedora"}
+        assert {s["collection_interval"] for s in samples} == {1.0}
+        if version == 2:
+            assert {s["core_count"] for s in samples} == {legacy_cfg["node_types"][LEGACY_NT]["vm"]["vcpus"]}
+        # full float precision, as time.time() and psutil give them (not rounded to 6 decimals)
+        assert max(len(repr(s["cpu_utilization"]).split(".")[1]) for s in samples) >= 12
+    assert versions == {1, 2}
+
+
+def test_legacy_perf_counters_are_zero(legacy, legacy_cfg):
+    for run, _ in _legacy_runs(legacy, legacy_cfg):
+        df = _vm(run)
+        for c in LEGACY_PERF:
+            assert (df[c] == 0).all(), (run, c)
+        assert "perf_available" not in df and "stress_workload" not in df and "target_zones" not in df
+
+
+def test_legacy_sys_fields_are_per_interval(legacy, legacy_cfg):
+    vcpus = legacy_cfg["node_types"][LEGACY_NT]["vm"]["vcpus"]
+    for run, _ in _legacy_runs(legacy, legacy_cfg):
+        df = _vm(run)
+        n = len(df)
+        for c in ("sys_cpu_user_seconds", "sys_cpu_system_seconds", "sys_cpu_total_seconds", "sys_context_switches"):
+            down = (np.diff(df[c].to_numpy()) < 0).sum()
+            assert down > 0.2 * n, (run, c, down)  # not a counter since boot
+        user = df["sys_cpu_user_seconds"].to_numpy()
+        np.testing.assert_allclose(user * 100, np.round(user * 100), atol=1e-9)  # jiffies / USER_HZ
+        cap = vcpus * df["time_delta_seconds"].to_numpy() + 0.03
+        assert (df["sys_cpu_total_seconds"] <= cap).all() and (df["sys_cpu_total_seconds"] >= 0).all()
+        np.testing.assert_allclose(df["sys_cpu_total_seconds"], user + df["sys_cpu_system_seconds"], atol=1e-9)
+        assert 50 <= df["sys_context_switches"].median() <= 400  # per ~1 s interval
+        assert (df["sys_processes_created"] == 0).mean() > 0.7
+        # psutil's share and the jiffy delta describe the same window of ~vcpus * 100 ticks
+        busy = user > 0
+        ticks = user[busy] * 100 / (df["cpu_user_time"].to_numpy()[busy] / 100)
+        assert ((ticks > vcpus * 100 - 1) & (ticks < vcpus * 100 + 4)).all()
+        assert (df["cpu_utilization"] == 100.0 - df["cpu_idle"]).all()
+
+
+def test_legacy_utilisation_steps_give_repeated_feature_vectors(legacy, legacy_cfg):
+    for run, _ in _legacy_runs(legacy, legacy_cfg):
+        df = _vm(run)
+        # quarter-percent steps (1 of ~400 ticks): irq/steal/softirq take few distinct values
+        for c in ("cpu_irq", "cpu_steal", "cpu_softirq"):
+            assert df[c].round(1).nunique() <= 12, (run, c)
+        assert df["cpu_nice_time"].eq(0).all() and df["disk_io_read_mb"].eq(0).all()
+        # instantaneous snapshots: load averages change every 5 s only, as multiples of 1/2048
+        la = df["load_average_1min"].to_numpy()
+        assert (np.diff(la) != 0).mean() < 0.3
+        np.testing.assert_array_equal(la * 2048, np.round(la * 2048))
+        assert ((df["memory_usage_percent"] * 10).round(6) % 1 == 0).all()
+
+
+def test_legacy_timestamps(legacy, legacy_cfg):
+    off = legacy_cfg["legacy"]["utc_offset_hours"] * 3600
+    for run, spec in _legacy_runs(legacy, legacy_cfg):
+        df = _vm(run)
+        ts, ab = df["timestamp"].to_numpy(), df["timestamp_absolute"].to_numpy()
+        assert ts[0] == 0.0 and df["timestamp_iso"].str.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?$").all()
+        assert df["time_delta_seconds"].between(1.00005, 1.01).all()
+        iso = _seconds(df["timestamp_iso"])
+        if spec.get("collector_version", 2) == 1:  # measured times; 2 s before the second sample
+            np.testing.assert_allclose(ts, ab - ab[0], atol=1e-6)
+            d = np.diff(ts)
+            assert 1.99 < d[0] < 2.01 and np.all((d[1:] > 1.001) & (d[1:] < 1.01))
+            np.testing.assert_allclose(iso - ab, off, atol=1e-6)
+        else:  # target times k * interval; the window end falls behind them
+            np.testing.assert_array_equal(ts, np.arange(len(ts)) * 1.0)
+            lag = ab - (ab[0] - 1.0) - ts
+            assert (np.diff(lag) > 0).all() and 0.3 < lag[-1] - lag[0] < 2.0
+            np.testing.assert_allclose(iso - iso[0], ts, atol=1e-6)  # timestamp_iso: the target time
+            assert 1.0 < ab[0] - (iso[0] - off) < 1.02  # timestamp_absolute: the first window's end
+
+
+def test_legacy_host_csv_exact_header_and_filter(legacy, legacy_cfg):
+    n = 0
+    for run, spec in _legacy_runs(legacy, legacy_cfg):
+        if spec.get("host_format", "csv") != "csv":
+            continue
+        n += 1
+        (path,) = run.glob("bm_power_*.csv")
+        raw = path.read_bytes()
+        lines = raw.decode().split("\r\n")  # csv.DictWriter's line terminator
+        assert lines[0] == LEGACY_HOST_HEADER and lines[-1] == "" and "\n" not in raw.decode().replace("\r\n", "")
+        host = pd.read_csv(path, keep_default_na=False)
+        assert (host["vm_filter"] == "{'fedora40'}").all()
+        assert all(line.endswith(",1.0,{'fedora40'}") for line in lines[1:-1])
+        assert host["timestamp"].is_monotonic_increasing
+        assert np.median(np.diff(host["timestamp"])) == pytest.approx(1.0, abs=0.01)
+    assert n == 2
+
+
+def test_legacy_host_json_has_vms(legacy, legacy_cfg):
+    n = 0
+    for run, spec in _legacy_runs(legacy, legacy_cfg):
+        if spec.get("host_format", "csv") != "json":
+            continue
+        n += 1
+        (path,) = run.glob("bm_power_*.json")
+        text = path.read_text(encoding="utf-8")
+        rows = json.loads(text)
+        assert text == json.dumps(rows, indent=2)
+        assert all(list(r) == LEGACY_HOST_JSON_KEYS for r in rows)
+        assert {r["vm_filter"] for r in rows} == {"{'fedora40'}"}
+        assert {r["kepler_endpoint"] for r in rows} == {"http://localhost:28283/metrics"}
+        for r in rows:
+            if r["vm_count"] == 0:  # Kepler listed no VM: sum([]) == 0, an int
+                assert r["vms"] == [] and r["total_cpu_watts_package"] == 0 and type(r["total_cpu_watts_core"]) is int
+                continue
+            assert [v["zone"] for v in r["vms"]] == ["core", "package"]
+            assert [v["watts"] for v in r["vms"]] == [r["total_cpu_watts_core"], r["total_cpu_watts_package"]]
+    assert n == 1
+
+
+def test_legacy_kepler_steps_and_magnitudes(legacy, legacy_cfg):
+    for run, _ in _legacy_runs(legacy, legacy_cfg):
+        host, _ = _host(run)
+        host = host[host["vm_count"] == 1]
+        pkg, core = host["total_cpu_watts_package"].to_numpy(), host["total_cpu_watts_core"].to_numpy()
+        change = np.flatnonzero(np.diff(pkg) != 0)
+        hold = np.diff(change)
+        assert set(np.unique(hold)) <= {1, 2, 3}, run  # 1 s samples, Kepler every ~1.7 s
+        assert 1.4 <= hold.mean() <= 2.1
+        assert np.array_equal(np.diff(core) != 0, np.diff(pkg) != 0)  # both zones update together
+        assert 0.005 < pkg.min() and pkg.max() < 5.0 and (pkg > core).all()
+        ratio = pkg / core
+        assert 1.2 < np.median(ratio) < 2.5
+
+
+def test_legacy_power_follows_load(legacy, legacy_cfg):
+    """The generator's physics: package watts rise with the guest's utilisation."""
+    for run, _ in _legacy_runs(legacy, legacy_cfg):
+        host, _ = _host(run)
+        vm = _vm(run)
+        h_t = _seconds(host["timestamp_iso"])
+        v_t = _seconds(vm["timestamp_iso"])
+        keep = host["vm_count"].to_numpy() == 1
+        util_at_host = np.interp(h_t[keep], v_t, vm["cpu_utilization"].rolling(3, min_periods=1).mean())
+        r = np.corrcoef(util_at_host, host["total_cpu_watts_package"].to_numpy()[keep])[0, 1]
+        assert r > 0.8, (run, r)
+
+
+def test_legacy_rerun_is_byte_identical(legacy, tmp_path, caplog):
+    again = tmp_path / "again"
+    assert _cli("synth", "--config", str(CONFIG), "--config", str(LEGACY), "--node-type", LEGACY_NT,
+                "--out", str(again)) == 0
+    assert _hashes(again) == _hashes(legacy) and len(_hashes(legacy)) == 7
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert _cli("synth", "--config", str(CONFIG), "--config", str(LEGACY), "--node-type", LEGACY_NT,
+                    "--out", str(again)) == 0
+    assert "0 files written" in caplog.text
+
+
+def test_legacy_config_errors_are_one_line(tmp_path):
+    doc = yaml.safe_load(LEGACY.read_text())
+    doc["synth"]["node_types"][LEGACY_NT]["runs"][0]["perf"] = True
+    bad = tmp_path / "legacy.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match="perf-less"):
+        synth.load_config([CONFIG, bad])
+    del doc["synth"]["legacy"]
+    del doc["synth"]["node_types"][LEGACY_NT]["runs"][0]["perf"]
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match="needs a synth.legacy section"):
+        synth.load_config([CONFIG, bad])
+    with pytest.raises(InputError, match="no such synth.node_types entry: nope"):
+        _cli("synth", "--config", str(CONFIG), "--node-type", "nope", "--out", str(tmp_path / "o"))

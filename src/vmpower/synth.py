@@ -38,9 +38,13 @@ def register(subparsers) -> None:
         help="write the built-in demo data set (raw runs in the collectors' formats)",
         description="Generate demo runs (<out>/<node_type>/<run_id>/) from the config's synth: section.",
     )
-    p.add_argument("--config", required=True, help="config.yaml with a synth: section")
+    p.add_argument("--config", required=True, action="append",
+                   help="config.yaml with a synth: section; repeat to overlay files (later ones win, "
+                        "dicts merge key by key as in snakemake --configfile a b)")
     p.add_argument("--out", required=True, help="raw data directory, e.g. data/raw")
     p.add_argument("--seed", type=int, default=None, help="override synth.seed")
+    p.add_argument("--node-type", action="append", default=None, dest="node_types",
+                   help="generate only this node_type of synth.node_types (repeatable)")
     p.add_argument("--noise-table", action="store_true",
                    help="also print the noise-floor table of docs/demo-data.md (Markdown) for the data written")
     p.set_defaults(func=run)
@@ -54,7 +58,7 @@ def noise_floor_table(out: Path, node_types: list[str], zones: list[str]) -> str
              "|---|---|---|---|---|---|---|---|"]
     for nt in node_types:
         floor = json.loads((out / nt / "synth_noise_floor.json").read_text())["zones"]
-        for z in zones:
+        for z in (z for z in zones if z in floor):  # legacy node_types have core and package only
             f = floor[z]
             lines.append(f"| {nt} | {z} | {f['sigma_watts']:g} | {f['noise_floor_mae_watts']:.3f} | "
                          f"{f['empirical_noise_mae_watts']:.3f} | {f['window_truth_mae_watts']:.2f} | "
@@ -68,8 +72,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.seed is not None:
         if args.seed < 0:
-            raise InputError(args.config, "--seed must be >= 0")
+            raise InputError(args.config[-1], "--seed must be >= 0")
         cfg["seed"] = args.seed
+    if args.node_types:
+        unknown = sorted(set(args.node_types) - set(cfg["node_types"]))
+        if unknown:
+            raise InputError(args.config[-1], f"--node-type: no such synth.node_types entry: {', '.join(unknown)}")
+        cfg["node_types"] = {k: v for k, v in cfg["node_types"].items() if k in args.node_types}
     t0 = time.perf_counter()
     summary = generate(cfg, Path(args.out))
     log.info(
@@ -86,15 +95,30 @@ def run(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------- config
 
-def load_config(path: str | Path) -> dict:
+def _merge(base: dict, over: dict) -> dict:
+    """Overlay ``over`` on ``base``: dicts merge key by key, anything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(paths: str | Path | list) -> dict:
+    """The synth: section of one config file or of several overlaid ones (later ones win)."""
     import yaml
 
-    path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(path, f"cannot read config ({exc})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("synth"), dict):
+    paths = [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+    doc: dict = {}
+    for path in paths:
+        try:
+            part = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise InputError(path, f"cannot read config ({exc})") from None
+        if not isinstance(part, dict):
+            raise InputError(path, "not a YAML mapping")
+        doc = _merge(doc, part)
+    path = paths[-1] if len(paths) == 1 else ", ".join(map(str, paths))
+    if not isinstance(doc.get("synth"), dict):
         raise InputError(path, "no 'synth:' section")
     cfg = doc["synth"]
     schema_path = Path(__file__).resolve().parents[2] / "schemas" / "synth.schema.yaml"
@@ -108,10 +132,17 @@ def load_config(path: str | Path) -> dict:
             raise InputError(path, f"{where}: {err.message}")
     if "idle" not in cfg["workloads"]:
         raise InputError(path, "synth.workloads needs an 'idle' entry (the background characteristics)")
-    for run_spec in cfg["runs"]:
-        for name, _ in _parse_sequence(run_spec["workload"], path):
-            if name not in cfg["workloads"]:
-                raise InputError(path, f"synth.runs.{run_spec['id']}: unknown workload {name!r}")
+    for nt_name, nt in cfg["node_types"].items():
+        if nt.get("profile") == "legacy" and "legacy" not in cfg:
+            raise InputError(path, f"synth.node_types.{nt_name}: profile legacy needs a synth.legacy section")
+        for run_spec in nt.get("runs", cfg["runs"]):
+            if nt.get("profile") == "legacy" and (run_spec.get("perf") or run_spec.get("killed")
+                                                  or run_spec.get("vm_format", "json") != "json"):
+                raise InputError(path, f"synth.node_types.{nt_name}: run {run_spec['id']}: the legacy profile "
+                                       "writes perf-less JSON arrays only (no perf, killed or vm_format)")
+            for name, _ in _parse_sequence(run_spec["workload"], path):
+                if name not in cfg["workloads"]:
+                    raise InputError(path, f"synth.runs.{run_spec['id']}: unknown workload {name!r}")
     return cfg
 
 
@@ -731,6 +762,17 @@ def generate(cfg: dict, out: Path) -> dict:
     for nt_name, nt in cfg["node_types"].items():
         summary["node_types"] += 1
         nt_dir = out / nt_name
+        runs = nt.get("runs", cfg["runs"])
+        if nt.get("profile") == "legacy":  # the seed collectors' format (synth_legacy.py)
+            from vmpower import synth_legacy
+
+            expected: set[Path] = set()
+            stats = synth_legacy.write_node_type(cfg, nt_name, nt, runs, nt_dir,
+                                                 lambda text, path: put(text, path, expected))
+            for k in ("runs", "vm_rows", "host_rows"):
+                summary[k] += stats[k]
+            summary["removed"] += _remove_stale(nt_dir, stats["run_dirs"], expected, cfg["legacy"]["output_prefix"])
+            continue
         zones = [z for z in HOST_ZONE_ORDER if z in nt["sigma"]]
         noise_abs = {z: [] for z in zones}
         window_err = {z: [] for z in zones}
@@ -738,7 +780,7 @@ def generate(cfg: dict, out: Path) -> dict:
         expected: set[Path] = set()
         run_dirs = set()
         spec_text = json.dumps(nt["machine_spec"], indent=2) + "\n"
-        for run_index, spec in enumerate(cfg["runs"]):
+        for run_index, spec in enumerate(runs):
             run = simulate_run(cfg, nt_name, nt, spec, run_index)
             run_dir = nt_dir / spec["id"]
             run_dirs.add(run_dir)
