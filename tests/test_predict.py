@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from bench.predict_artifacts import NODE_TYPE, build
-from vmpower import cli, predict
+from vmpower import cli, fallback, predict, selection
 from vmpower.errors import InputError
 
 SYS_GBR = ("AbsPower", "SystemOnly", "GradientBoostingRegressor")
@@ -117,7 +117,8 @@ def test_cli_predict_writes_csv_and_parquet(art, tmp_path, capsys):
                      "--output", str(tmp_path / "w.parquet")]) == 0
     csv, pq = pd.read_csv(tmp_path / "w.csv"), pd.read_parquet(tmp_path / "w.parquet")
     assert list(pq.columns) == ["timestamp_absolute", "timestamp_iso", "power_package", "power_core", "power_dram",
-                                "power_uncore", "skip_reason"]
+                                "power_uncore", "skip_reason", "model_package", "model_core", "model_dram", "model_uncore"]
+    assert set(pq["model_package"].dropna()) == {"SystemOnly/GradientBoostingRegressorTrainer_demo-xeon-gold"}
     np.testing.assert_allclose(csv["power_package"], pq["power_package"], atol=1e-6)
     assert cli.main(["predict", "--model", str(model_dir), "--input", str(src), "--config", str(art["config"]),
                      "--output", str(tmp_path / "w.txt")]) == 2
@@ -294,27 +295,27 @@ def test_bad_training_ranges_are_refused(art, tmp_path):
 
 def test_select_by_node_type_and_exact_spec(art, caplog):
     res = art["results"]
-    sel = predict.select_model(res, node_type=NODE_TYPE)
+    sel = selection.select_model(res, node_type=NODE_TYPE)
     best = json.loads((res / "best.json").read_text())[NODE_TYPE]["AbsPower"]
     group = min(best, key=lambda g: best[g]["mae_mean"])
     assert sel.exact and sel.feature_group == group and sel.path.name.startswith(best[group]["model_name"])
-    assert predict.select_model(res, node_type=NODE_TYPE, feature_group="CounterOnly").path.parent.name == "CounterOnly"
+    assert selection.select_model(res, node_type=NODE_TYPE, feature_group="CounterOnly").path.parent.name == "CounterOnly"
     # Inside a VM cores and memory are the VM's: the processor model decides the match.
     spec = json.loads(art["spec"].read_text())
     vm_view = {**spec, "cores": 8, "chips": 1, "memory": 16}
-    with caplog.at_level(logging.WARNING, logger="vmpower.predict"):
-        sel = predict.select_model(res, machine_spec=vm_view)
+    with caplog.at_level(logging.WARNING, logger="vmpower.selection"):
+        sel = selection.select_model(res, machine_spec=vm_view)
     assert sel.exact and sel.node_type == NODE_TYPE and not caplog.records
     with pytest.raises(InputError, match=r"best\.json: no model for node_type nope \(known: demo-xeon-gold\)"):
-        predict.select_model(res, node_type="nope")
+        selection.select_model(res, node_type="nope")
     with pytest.raises(InputError, match="has no GpuPower model"):
-        predict.select_model(res, node_type=NODE_TYPE, output_type="GpuPower")
+        selection.select_model(res, node_type=NODE_TYPE, output_type="GpuPower")
 
 
 def test_select_nearest_spec_warns(art, caplog, tmp_path, capsys):
     epyc = {"processor": "AMD EPYC 7763 64-Core Processor", "cores": 128, "chips": 2, "memory": 512, "frequency": 2450}
-    with caplog.at_level(logging.WARNING, logger="vmpower.predict"):
-        sel = predict.select_model(art["results"], machine_spec=epyc)
+    with caplog.at_level(logging.WARNING, logger="vmpower.selection"):
+        sel = selection.select_model(art["results"], machine_spec=epyc)
     assert not sel.exact and sel.node_type == NODE_TYPE and sel.distance > 4
     assert any("nearest" in r.getMessage() and NODE_TYPE in r.getMessage() for r in caplog.records)
     spec_file = tmp_path / "spec.json"
@@ -338,25 +339,25 @@ def test_fallback_chain_orders_groups_by_mae_and_skips_perf_models_without_perf(
     best = json.loads((art["results"] / "best.json").read_text())[NODE_TYPE]["AbsPower"]
     by_mae = sorted(best, key=lambda g: best[g]["mae_mean"])
     assert by_mae[0] == "Activity"  # the demo's best group needs perf counters
-    chain = predict.resolve_chain(_args(art), use_perf=True)
+    chain = fallback.resolve_chain(_args(art), use_perf=True)
     assert _groups(chain) == by_mae and [m.name for m in chain] == [best[g]["model_name"] for g in by_mae]
     # Without perf only SystemOnly can be computed: it is chosen, with no fallback left.
-    assert _groups(predict.resolve_chain(_args(art), use_perf=False)) == ["SystemOnly"]
+    assert _groups(fallback.resolve_chain(_args(art), use_perf=False)) == ["SystemOnly"]
     # An explicit group stays first (with a warning), the collectable ones follow.
-    assert _groups(predict.resolve_chain(_args(art, feature_group="Activity"), use_perf=False)) == ["Activity", "SystemOnly"]
-    assert _groups(predict.resolve_chain(_args(art, no_fallback=True), use_perf=True)) == ["Activity"]
+    assert _groups(fallback.resolve_chain(_args(art, feature_group="Activity"), use_perf=False)) == ["Activity", "SystemOnly"]
+    assert _groups(fallback.resolve_chain(_args(art, no_fallback=True), use_perf=True)) == ["Activity"]
     # a single model directory is served alone
-    assert len(predict.resolve_chain(_args(art, model=str(art["models"][CNT_LR]), node_type=None), use_perf=False)) == 1
+    assert len(fallback.resolve_chain(_args(art, model=str(art["models"][CNT_LR]), node_type=None), use_perf=False)) == 1
 
 
 def test_select_from_a_directory_of_models_without_best_json(art):
     """results/models (no best.json): the lowest-MAE model per group, as select wrote best.json."""
     for output_type in ("AbsPower", "DynPower"):
-        a = predict.select_model(art["results"], node_type=NODE_TYPE, output_type=output_type)
-        b = predict.select_model(art["results"] / "models", node_type=NODE_TYPE, output_type=output_type)
+        a = selection.select_model(art["results"], node_type=NODE_TYPE, output_type=output_type)
+        b = selection.select_model(art["results"] / "models", node_type=NODE_TYPE, output_type=output_type)
         assert (a.path, a.feature_group, a.fallbacks) == (b.path, b.feature_group, b.fallbacks)
-    assert predict.is_model_collection(art["results"] / "models" / "AbsPower")
-    assert not predict.is_model_collection(art["models"][SYS_LR])
+    assert selection.is_model_collection(art["results"] / "models" / "AbsPower")
+    assert not selection.is_model_collection(art["models"][SYS_LR])
 
 
 def test_spec_distance_orders_the_demo_hardware():
@@ -364,12 +365,146 @@ def test_spec_distance_orders_the_demo_hardware():
 
     specs = {k: v["machine_spec"] for k, v in yaml.safe_load(open("config.yaml"))["synth"]["node_types"].items()}
     gold, e5, epyc = specs["demo-xeon-gold"], specs["demo-xeon-e5"], specs["demo-epyc"]
-    assert predict.spec_distance(gold, gold) == 0
-    assert predict.processor_family(gold["processor"]) == ("intel", "xeon gold")
-    assert predict.processor_family(epyc["processor"]) == ("amd", "epyc")
-    assert 0 < predict.spec_distance(gold, e5) < predict.spec_distance(gold, epyc)
-    assert predict.spec_distance(gold, e5) == pytest.approx(predict.spec_distance(e5, gold))
-    assert predict.spec_distance(gold, {**gold, "memory": None}) == pytest.approx(0.5)
+    assert selection.spec_distance(gold, gold) == 0
+    assert selection.processor_family(gold["processor"]) == ("intel", "xeon gold")
+    assert selection.processor_family(epyc["processor"]) == ("amd", "epyc")
+    assert 0 < selection.spec_distance(gold, e5) < selection.spec_distance(gold, epyc)
+    assert selection.spec_distance(gold, e5) == pytest.approx(selection.spec_distance(e5, gold))
+    assert selection.spec_distance(gold, {**gold, "memory": None}) == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- predict's fallback chain
+
+
+def _variant(art, tmp_path, name, edit) -> Path:
+    """run02-mix with every record passed through edit(index, record)."""
+    records = _records(art)
+    for i, r in enumerate(records):
+        edit(i, r)
+    path = tmp_path / name
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _strip_perf(r: dict) -> None:
+    """As the seed's collector writes a sample without perf: counters 0, no flag."""
+    r.update(dict.fromkeys(PERF_FIELDS, 0))
+    r.pop("perf_available", None)
+
+
+def _best_label(art, group: str) -> tuple[str, tuple]:
+    entry = json.loads((art["results"] / "best.json").read_text())[NODE_TYPE]["AbsPower"][group]
+    return f"{group}/{entry['model_name']}", ("AbsPower", group, entry["trainer"])
+
+
+def test_choose_follows_serves_rule():
+    ok = np.array([[True, True], [False, True], [True, True], [True, True], [False, False]])
+    conf = np.array([[0.9, 0.9], [0.9, 0.9], [0.5, 0.8], [0.5, 0.6], [1.0, 1.0]])
+    assert fallback.choose(ok, conf, 0.7).tolist() == [0, 1, 1, 0, -1]
+    assert fallback.choose(ok, conf, 0.7, "drop").tolist() == [0, 1, 1, -1, -1]
+    assert fallback.choose(ok, np.full(ok.shape, np.nan), 0.7).tolist() == [0, 1, 0, 0, -1]  # no ranges: passes
+
+
+def test_predict_without_perf_is_answered_by_the_fallback_group(art, settings, tmp_path, capsys):
+    """The demo's best group (Activity) needs perf: a guest file without perf gets SystemOnly's
+    watts on every row that has its inputs, and each row names the model."""
+    src = _variant(art, tmp_path, "noperf.json", lambda i, r: _strip_perf(r))
+    target = tmp_path / "w.csv"
+    assert cli.main(["predict", "--model", str(art["results"]), "--node-type", NODE_TYPE, "--input", str(src),
+                     "--output", str(target)]) == 0
+    line = capsys.readouterr().out.strip()
+    got = pd.read_csv(target)
+    sys_label, sys_key = _best_label(art, "SystemOnly")
+    n = len(got)
+    served = got["power_package"].notna()
+    assert served.sum() == n - 1 and got["skip_reason"].iloc[0] == "rate_warmup"  # rates need two samples
+    for zone in ("package", "core", "dram", "uncore"):
+        assert set(got.loc[served, f"model_{zone}"]) == {sys_label} and got[f"model_{zone}"].iloc[0] != sys_label
+    alone = predict.predict_file(predict.Model.load(art["models"][sys_key]), src, settings)
+    np.testing.assert_allclose(got["power_core"], alone["power_core"], atol=1e-6)
+    assert line.startswith(f"watts for {n - 1}/{n} samples (package,core,dram,uncore: {sys_label} {n - 1}); "
+                           "1 lacked the inputs of every model (")
+    assert "rate_warmup 1" in line and line.endswith(f"-> {target}")
+
+
+def test_mixed_perf_file_walks_the_same_chain_as_serve(art, tmp_path):
+    """Half the samples without perf (flagged perf_available=false), half with: per row and zone
+    predict picks the model serve picks on the same records, with the same watts."""
+    half = len(_records(art)) // 2
+
+    def edit(i, r):
+        if i < half:
+            _strip_perf(r)
+        r["perf_available"] = i >= half
+
+    src = _variant(art, tmp_path, "mixed.json", edit)
+    models = fallback.resolve_chain(_args(art))
+    labels = [fallback.label(m) for m in models]
+    settings = [predict.load_settings(None, m.metadata) for m in models]
+    out, line = fallback.predict_chain(models, settings, src)
+    act_label, _ = _best_label(art, "Activity")
+    sys_label, _ = _best_label(art, "SystemOnly")
+    assert labels[0] == act_label
+    assert set(out["model_package"].iloc[1:half]) == {sys_label}
+    assert (out["model_package"].iloc[half:] == act_label).mean() > 0.9  # in range of its training data
+    assert out["power_package"].iloc[1:].notna().all() and line.startswith(f"watts for {len(out) - 1}/{len(out)}")
+    exp = predict.Exporter(models, settings, "vm-1")
+    for i, record in enumerate(_records_of(src)):
+        watts = exp.update(record)
+        for zone in models[0].zones:
+            who = labels[exp.served[zone]] if zone in watts else None
+            assert (out[f"model_{zone}"].iloc[i] if out[f"model_{zone}"].notna().iloc[i] else None) == who, (i, zone)
+            if who:
+                assert out[f"power_{zone}"].iloc[i] == pytest.approx(watts[zone], abs=1e-9)
+
+
+def _records_of(path: Path) -> list[dict]:
+    return json.loads(path.read_text())
+
+
+def test_predict_without_any_models_inputs_exits_nonzero_with_one_line(art, tmp_path):
+    """No perf and no cpu_utilization: no model of the chain can answer. Exit 2, one line naming
+    what the best candidates lack, no traceback, no output file."""
+
+    def edit(i, r):
+        _strip_perf(r)
+        del r["cpu_utilization"]
+
+    src = _variant(art, tmp_path, "bare.json", edit)
+    target = tmp_path / "w.csv"
+    res = subprocess.run([sys.executable, "-m", "vmpower", "predict", "--model", str(art["results"]), "--node-type",
+                          NODE_TYPE, "--input", str(src), "--output", str(target)],
+                         capture_output=True, text=True, timeout=300)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and res.stdout == "" and len(lines) == 1, res.stderr
+    n = len(_records(art))
+    assert lines[0].startswith(f"vmpower predict: error: {src}: no watts (no model's inputs) in any of its {n} samples: ")
+    assert "cpu_utilization (not in the file)" in lines[0] and "cpu_cycles" in lines[0]
+    assert not target.exists()
+
+
+def test_selection_skips_models_whose_status_is_not_ok(art, tmp_path, caplog):
+    """A model recorded as failed (e.g. onnx_mismatch) is never selected; the next group serves."""
+    act_label, act_key = _best_label(art, "Activity")
+    sys_label, sys_key = _best_label(art, "SystemOnly")
+    res = tmp_path / "res"
+    dirs = {k: Path(shutil.copytree(art["models"][k], res / "models" / k[1] / art["models"][k].name))
+            for k in (act_key, sys_key)}
+    meta = json.loads((dirs[act_key] / "metadata.json").read_text())
+    assert selection.select_model(res, node_type=NODE_TYPE).feature_group == "Activity"  # by MAE
+    (dirs[act_key] / "metadata.json").write_text(json.dumps({**meta, "status": "onnx_mismatch"}))
+    sel = selection.select_model(res, node_type=NODE_TYPE)
+    assert (sel.feature_group, sel.fallbacks) == ("SystemOnly", [])
+    # the same through best.json entries
+    best = {NODE_TYPE: {"AbsPower": {k[1]: {"model_name": d.name, "trainer": k[2], "mae_mean": 0.1 + i, "path": str(d)}
+                                     for i, (k, d) in enumerate(dirs.items())}}}
+    (res / "best.json").write_text(json.dumps(best))
+    with caplog.at_level(logging.WARNING, logger="vmpower.selection"):
+        sel = selection.select_model(res, node_type=NODE_TYPE)
+    assert (sel.feature_group, sel.fallbacks) == ("SystemOnly", [])
+    assert any("AbsPower/Activity (status onnx_mismatch)" in r.getMessage() for r in caplog.records)
+    with pytest.raises(InputError, match="AbsPower/Activity of node_type .* cannot serve \\(status onnx_mismatch\\)"):
+        selection.select_model(res, node_type=NODE_TYPE, feature_group="Activity")
 
 
 # ---------------------------------------------------------------- exporter (in process)
@@ -486,7 +621,7 @@ def test_live_features_equal_the_pipelines_code(art, settings):
 def test_perf_less_tick_is_served_by_the_systemonly_fallback(art, settings):
     """Chain Activity > SystemOnly > CounterOnly (by MAE); samples without perf counters: the
     SystemOnly model serves every zone, with the watts batch predict gives, and says so."""
-    chain = predict.resolve_chain(_args(art), use_perf=True)
+    chain = fallback.resolve_chain(_args(art), use_perf=True)
     act, sysm, cnt = chain
     batch = predict.predict_file(sysm, art["vm_files"]["run02-mix"], settings)
     exp = predict.Exporter(chain, settings, "vm-1")
@@ -518,7 +653,7 @@ def test_perf_less_tick_is_served_by_the_systemonly_fallback(art, settings):
 
 
 def test_no_model_can_serve_zone_is_absent_and_counted(art, settings):
-    chain = predict.resolve_chain(_args(art), use_perf=True)
+    chain = fallback.resolve_chain(_args(art), use_perf=True)
     exp = predict.Exporter(chain, settings, "vm-1")
     recs = _records(art)
     exp.update(recs[0])
@@ -542,7 +677,7 @@ def test_no_model_can_serve_zone_is_absent_and_counted(art, settings):
 
 
 def test_inference_error_falls_back_to_the_next_model_and_is_counted(art, settings):
-    chain = predict.resolve_chain(_args(art), use_perf=True)
+    chain = fallback.resolve_chain(_args(art), use_perf=True)
     act, sysm = chain[0], chain[1]
     act.output_names["core"] = "no_such_output"  # onnxruntime itself raises on this session
     exp = predict.Exporter(chain, settings, "vm-1")
@@ -819,7 +954,7 @@ def test_serve_selects_for_this_machine_and_skips_perf_models_without_perf(art):
     assert set(_active(m).values()) == {f"SystemOnly/{best['SystemOnly']['model_name']}"}
     assert {s.labels["feature_group"] for s in m["kepler_vm_model_version"]} == {"SystemOnly"}
     warned = f"no node_type has processor {here!r}: using the nearest, {NODE_TYPE}" in srv.stderr
-    assert warned == (predict._norm_processor(here) != predict._norm_processor(demo))
+    assert warned == (selection._norm_processor(here) != selection._norm_processor(demo))
     assert "/SystemOnly/" in srv.stderr.split("selected ", 1)[1].splitlines()[0]
 
 

@@ -7,8 +7,9 @@ and ONNX graphs first; a tampered or mismatched model is refused with a one-line
 Features are computed from raw VM samples by the pipeline's own code (``ingest`` +
 ``merge.vm_feature_frame`` with the model's ingest settings), so inference sees exactly what
 training saw. The exporter computes the same features of its last two live records with
-``LiveFeatures`` (no pandas per tick; tested equal to the pipeline's code). Model selection, the
-fallback chain, confidence and the machine distance are documented in docs/deploy.md.
+``LiveFeatures`` (no pandas per tick; tested equal to the pipeline's code). Model selection
+(vmpower.selection), the fallback chain predict and serve share (vmpower.fallback), confidence
+and the machine distance are documented in docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmpower.errors import InputError
+from vmpower.selection import DEFAULT_OUTPUT_TYPE, usable_status
 
 log = logging.getLogger("vmpower.predict")
 
 MANIFEST = "manifest.sha256"  # same name as vmpower.export (not imported: it pulls in pandas)
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
-DEFAULT_OUTPUT_TYPE = "AbsPower"
 # The seed's validation.confidence_threshold (serve --confidence-threshold).
 DEFAULT_CONFIDENCE_THRESHOLD = 0.7
 LIVE = Path("<live>")  # the "file" named in errors about live samples
@@ -156,7 +157,7 @@ class Model:
             raise InputError(path, "no metadata.json") from None
         except ValueError as exc:
             raise InputError(path, f"metadata.json is not valid JSON ({exc})") from None
-        if meta.get("status", "trained") != "trained":
+        if not usable_status(meta):
             raise InputError(path, f"model was not trained (status {meta.get('status')}: {meta.get('reason')})")
         features, zones = meta.get("features"), meta.get("zones")
         if not features or not isinstance(features, list) or not all(isinstance(f, str) for f in features):
@@ -501,266 +502,6 @@ class LiveFeatures:
         return ingest.naive_seconds(pd.Series([prev.get("timestamp_iso"), cur.get("timestamp_iso")]), LIVE)
 
 
-# ---------------------------------------------------------------- model selection
-
-_VENDORS = (("intel", "intel"), ("amd", "amd"), ("epyc", "amd"), ("ryzen", "amd"), ("arm", "arm"),
-            ("neoverse", "arm"), ("ampere", "arm"), ("graviton", "arm"))
-_NOISE = re.compile(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@.*$|\d+-core", re.I)
-
-
-def processor_family(processor: str | None) -> tuple[str, str]:
-    """(vendor, family) of a CPU model string, e.g. ("intel", "xeon gold"), ("amd", "epyc")."""
-    words = _NOISE.sub(" ", (processor or "").lower()).split()
-    vendor = next((v for w in words for k, v in _VENDORS if w.startswith(k)), words[0] if words else "")
-    words = [w for w in words if w not in ("intel", "amd", "arm")]
-    family = words[:1] + [m.group(0) for m in [re.match(r"[a-z]+", w) for w in words[1:2]] if m]
-    return vendor, " ".join(family)
-
-
-def _log_ratio(a, b) -> float:
-    try:
-        a, b = float(a), float(b)
-    except (TypeError, ValueError):
-        return 1.0  # unknown counts as a factor of two
-    if not (a > 0 and b > 0):
-        return 1.0
-    return abs(math.log2(a / b))
-
-
-def spec_distance(a: dict, b: dict) -> float:
-    """Distance between machine specs (docs/deploy.md): 0 for the same hardware.
-
-    4·[vendor differs] + 2·[family differs] + |log2 cores ratio| + |log2 chips ratio|
-    + 0.5·|log2 memory ratio| + 2·|log2 frequency ratio|; an unknown field counts 1."""
-    va, fa = processor_family(a.get("processor"))
-    vb, fb = processor_family(b.get("processor"))
-    return (4.0 * (va != vb) + 2.0 * (fa != fb) + _log_ratio(a.get("cores"), b.get("cores"))
-            + _log_ratio(a.get("chips"), b.get("chips")) + 0.5 * _log_ratio(a.get("memory"), b.get("memory"))
-            + 2.0 * _log_ratio(a.get("frequency"), b.get("frequency")))
-
-
-def _norm_processor(p) -> str:
-    return " ".join(_NOISE.sub(" ", str(p or "").lower()).split())
-
-
-def read_metadata(path: Path) -> dict:
-    """metadata.json of a model dir or zip, unverified (selection only; the chosen one is verified)."""
-    import zipfile
-
-    try:
-        if path.is_dir():
-            return json.loads((path / "metadata.json").read_text())
-        with zipfile.ZipFile(path) as zf:
-            return json.loads(zf.read("metadata.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise InputError(path, f"cannot read metadata.json ({exc})") from None
-
-
-def is_model_collection(path: Path) -> bool:
-    """A directory to select from (results/ with best.json, or holding model archives), not a model."""
-    return path.is_dir() and not (path / "metadata.json").exists()
-
-
-def best_table(results: Path) -> tuple[dict, Path]:
-    """{node_type: {output_type: {group: entry}}} with each entry's mae_mean, and the file named
-    in errors: results/best.json, or else the best (lowest MAE) trained model per node_type,
-    output type and feature group among the model directories and archives under the directory."""
-    best_path = results / "best.json"
-    if best_path.exists():
-        try:
-            return json.loads(best_path.read_text()), best_path
-        except (OSError, ValueError) as exc:
-            raise InputError(best_path, f"cannot read best models ({exc})") from None
-    dirs = [p.parent for p in sorted(results.rglob("metadata.json"))]
-    zips = [p for p in sorted(results.rglob("*.zip")) if p.with_suffix("") not in dirs]
-    best: dict = {}
-    for p in dirs + zips:
-        meta = read_metadata(p)
-        if meta.get("status") != "trained" or meta.get("mae") is None:
-            continue
-        entry = {"trainer": str(meta.get("trainer", "")).removesuffix("Trainer"), "model_name": meta.get("model_name"),
-                 "mae_mean": float(meta["mae"]), "path": str(p)}
-        slot = best.setdefault(meta["node_type"], {}).setdefault(meta["output_type"], {})
-        old = slot.get(meta["feature_group"])
-        if old is None or (entry["mae_mean"], entry["model_name"]) < (old["mae_mean"], old["model_name"]):
-            slot[meta["feature_group"]] = entry
-    if not best:
-        raise InputError(results, "no best.json, metadata.json or trained model archive found here")
-    return best, results
-
-
-@dataclass
-class Selection:
-    path: Path
-    node_type: str
-    output_type: str
-    feature_group: str
-    exact: bool
-    distance: float | None = None
-    fallbacks: list[Path] = field(default_factory=list)  # other groups of the node_type, by MAE
-
-
-def _model_path(results: Path, output_type: str, group: str, entry: dict) -> Path:
-    if "path" in entry:
-        return Path(entry["path"])
-    base = results / "models" / output_type / group / entry["model_name"]
-    for p in (base, base.with_name(base.name + ".zip"), Path(entry.get("archive", "")), results.parent / entry.get("archive", "")):
-        if p.name and p.exists():
-            return p
-    raise InputError(results / "best.json", f"model {entry['model_name']} not found under {results / 'models'}")
-
-
-def select_model(results: str | Path, *, node_type: str | None = None, machine_spec: dict | None = None,
-                 output_type: str = DEFAULT_OUTPUT_TYPE, feature_group: str | None = None,
-                 usable=None) -> Selection:
-    """The best model for a node_type, or for the node_type whose hardware matches machine_spec.
-
-    Match: same processor model string (inside a VM cores/memory describe the VM, not the host);
-    several matches or none: the smallest spec_distance, and no match logs a warning. Within the
-    node_type: feature_group, else the group with the lowest MAE among those ``usable(metadata)``
-    accepts (e.g. computable without perf). ``fallbacks`` lists the node_type's other usable
-    groups' best models by MAE."""
-    results = Path(results)
-    best, where = best_table(results)
-
-    def ranked(nt: str) -> list[tuple[str, Path]]:
-        groups = best[nt].get(output_type) or {}
-        if not groups:
-            raise InputError(where, f"node_type {nt} has no {output_type} model (has {', '.join(best[nt])})")
-        order = sorted(groups, key=lambda k: (groups[k]["mae_mean"], k))  # lowest held-out MAE first
-        paths = [(g, _model_path(results, output_type, g, groups[g])) for g in order]
-        ok = [(g, p) for g, p in paths if usable is None or usable(read_metadata(p))]
-        if feature_group:
-            if feature_group not in groups:
-                raise InputError(where, f"node_type {nt} has no {output_type}/{feature_group} model (groups: {', '.join(sorted(groups))})")
-            chosen = next(gp for gp in paths if gp[0] == feature_group)
-            if chosen not in ok:
-                log.warning("%s/%s of %s needs features that cannot be collected here: its zones will be absent "
-                            "unless a fallback model serves them", output_type, feature_group, nt)
-            return [chosen] + [gp for gp in ok if gp != chosen]
-        if not ok:
-            raise InputError(where, f"no {output_type} model of node_type {nt} can be computed from the features "
-                                    f"collected here (groups: {', '.join(order)}; perf counters needed?)")
-        return ok
-
-    def selection(nt, chain, exact, dist) -> Selection:
-        (g, path), rest = chain[0], chain[1:]
-        return Selection(path, nt, output_type, g, exact, dist, [p for _g, p in rest])
-
-    if node_type is not None:
-        if node_type not in best:
-            raise InputError(where, f"no model for node_type {node_type} (known: {', '.join(sorted(best)) or 'none'})")
-        return selection(node_type, ranked(node_type), True, 0.0)
-    if machine_spec is None:
-        from vmpower.collect.orchestrate import machine_spec as local_spec
-
-        machine_spec = local_spec()
-    scored, skipped = [], []
-    for nt in sorted(best):
-        try:
-            chain = ranked(nt)
-        except InputError as exc:  # e.g. only perf models: another node_type may still do
-            skipped.append(exc)
-            continue
-        spec = read_metadata(chain[0][1]).get("machine_spec") or {}
-        same = bool(spec) and _norm_processor(spec.get("processor")) == _norm_processor(machine_spec.get("processor"))
-        scored.append((not same, spec_distance(machine_spec, spec), nt, chain))
-    if not scored:
-        raise skipped[0]
-    miss, dist, nt, chain = min(scored, key=lambda s: s[:3])
-    if miss:
-        log.warning("no node_type has processor %r: using the nearest, %s (spec distance %.2f)",
-                    machine_spec.get("processor"), nt, dist)
-    return selection(nt, chain, not miss, dist)
-
-
-def _read_spec(args) -> dict | None:
-    if not args.machine_spec:
-        return None
-    try:
-        spec = json.loads(Path(args.machine_spec).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(args.machine_spec, f"cannot read machine spec ({exc})") from None
-    if not isinstance(spec, dict):
-        raise InputError(args.machine_spec, "machine spec must be a JSON object")
-    return spec
-
-
-def resolve_paths(args, usable=None) -> list[Path]:
-    """--model DIR|ZIP, or a results dir (best.json, or model archives) plus --node-type /
-    --machine-spec: the chosen model first, then its fallbacks (none for a single model)."""
-    path = Path(args.model)
-    if is_model_collection(path):
-        sel = select_model(path, node_type=args.node_type, machine_spec=_read_spec(args), output_type=args.output_type,
-                           feature_group=args.feature_group, usable=usable)
-        log.info("selected %s (node_type %s, %s/%s%s)", sel.path, sel.node_type, sel.output_type, sel.feature_group,
-                 "" if sel.exact else f", nearest spec, distance {sel.distance:.2f}")
-        return [sel.path, *sel.fallbacks]
-    if args.node_type or args.machine_spec:
-        raise InputError(path, "--node-type/--machine-spec select from a results directory with best.json")
-    return [path]
-
-
-def load_model(path: Path) -> Model:
-    t0 = time.perf_counter()
-    model = Model.load(path)
-    log.info("loaded %s (version %s, %d features, zones %s) in %.3f s", model.name, model.version,
-             len(model.features), ",".join(model.zones), time.perf_counter() - t0)
-    return model
-
-
-def resolve_model(args) -> Model:
-    """The one model predict uses (the selection's first choice)."""
-    return load_model(resolve_paths(args)[0])
-
-
-def resolve_chain(args, *, use_perf: bool) -> list[Model]:
-    """serve's models: the selected one, then (from a results directory, unless --no-fallback)
-    the node_type's best model of every other feature group by MAE. Without perf, only models
-    whose features can be collected are chosen (an explicit --feature-group is kept first)."""
-
-    def usable(meta: dict) -> bool:
-        return use_perf or not perf_inputs(load_settings(args.config, meta), meta.get("features") or [])
-
-    paths = resolve_paths(args, usable)
-    if args.no_fallback:
-        paths = paths[:1]
-    models = [load_model(p) for p in paths]
-    if len(models) > 1:
-        log.info("fallback order: %s", " > ".join(f"{m.metadata.get('feature_group')}/{m.name}" for m in models))
-    return models
-
-
-# ---------------------------------------------------------------- predict CLI
-
-
-def cmd_predict(args) -> int:
-    import sys
-
-    from vmpower.io import atomic_path, write_parquet
-
-    model = resolve_model(args)
-    settings = load_settings(args.config, model.metadata)
-    out = predict_file(model, args.input, settings)
-    if not args.output:
-        try:
-            out.to_csv(sys.stdout, index=False, float_format="%.6f")
-        except BrokenPipeError:  # e.g. piped into head
-            pass
-        return 0
-    target = Path(args.output)
-    if target.suffix == ".parquet":
-        write_parquet(out, target)
-    elif target.suffix == ".csv":
-        with atomic_path(target) as tmp:
-            out.to_csv(tmp, index=False, float_format="%.6f")
-    else:
-        raise InputError(target, "output must end in .csv or .parquet")
-    done = int(out[f"power_{model.zones[0]}"].notna().sum())
-    print(f"{model.name}: {done}/{len(out)} samples, zones {','.join(model.zones)} -> {target}")
-    return 0
-
-
 # ---------------------------------------------------------------- serve
 
 SOURCES = ("proc", "perf", "kepler", "features")  # kepler_vm_feature_collection_duration_seconds{feature}
@@ -1058,6 +799,7 @@ def cmd_serve(args) -> int:
     import socket
 
     from vmpower.collect.common import stop_on_signals
+    from vmpower.fallback import resolve_chain
 
     models = resolve_chain(args, use_perf=not args.no_perf)
     settings = [load_settings(args.config, m.metadata) for m in models]
@@ -1103,11 +845,30 @@ def _model_args(p) -> None:
                         "settings recorded in the model's metadata.json, else ./config.yaml)")
 
 
+def _chain_args(p) -> None:
+    """The fallback chain's options: predict and serve walk the same chain (vmpower.fallback)."""
+    p.add_argument("--no-fallback", action="store_true",
+                   help="with a results directory: use only the selected model (no fallback to other groups)")
+    p.add_argument("--confidence-threshold", type=_fraction, default=DEFAULT_CONFIDENCE_THRESHOLD,
+                   help="a model answers for a zone only if this share of its features lies inside its training "
+                        "range (default: 0.7, the seed's validation.confidence_threshold)")
+    p.add_argument("--low-confidence", choices=("report", "drop"), default="report",
+                   help="when only models below the threshold have their features: report the first "
+                        "anyway (default) or drop the zone (serve counts both in kepler_vm_low_confidence_total)")
+
+
+def cmd_predict(args) -> int:
+    from vmpower.fallback import cmd_predict as run
+
+    return run(args)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="per-zone watts for a VM features file with an exported ONNX model")
     _model_args(p)
     p.add_argument("--input", required=True, help="vm_features file (JSON array or JSON Lines)")
     p.add_argument("--output", help=".csv or .parquet (default: CSV on stdout)")
+    _chain_args(p)
     p.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("serve", help="Prometheus exporter: live VM features in, kepler_node_cpu_watts out")
@@ -1120,12 +881,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not read perf counters (their features are absent; selection skips models needing them)")
     s.add_argument("--kepler-url", default="none",
                    help="Kepler inside the VM for process CPU seconds (default: none)")
-    s.add_argument("--no-fallback", action="store_true",
-                   help="with a results directory: serve only the selected model (no fallback to other groups)")
-    s.add_argument("--confidence-threshold", type=_fraction, default=DEFAULT_CONFIDENCE_THRESHOLD,
-                   help="a model serves a zone only if this share of its features lies inside its training "
-                        "range (default: 0.7, the seed's validation.confidence_threshold)")
-    s.add_argument("--low-confidence", choices=("report", "drop"), default="report",
-                   help="when only models below the threshold have their features: report the first "
-                        "anyway (default) or drop the zone; both count kepler_vm_low_confidence_total")
+    _chain_args(s)
     s.set_defaults(func=cmd_serve)

@@ -21,7 +21,7 @@ import pytest
 
 from bench import results
 from bench.predict_artifacts import build
-from vmpower import predict
+from vmpower import fallback, predict
 
 pytestmark = pytest.mark.benchmark
 
@@ -90,7 +90,7 @@ def test_exporter_tick(benchmark, art, kind):
     if kind == "chain":
         args = argparse.Namespace(model=str(art["results"]), node_type=NODE_TYPE, machine_spec=None, output_type="AbsPower",
                                   feature_group=None, config=None, no_fallback=False)
-        models = predict.resolve_chain(args, use_perf=True)
+        models = fallback.resolve_chain(args, use_perf=True)
     else:
         models = [predict.Model.load(art["models"][KEYS[kind]])]
     exporter = predict.Exporter(models, settings, "vm-bench")
