@@ -5,7 +5,7 @@ rule merge_run:
     input:
         vm=run_vm_file,
         bm=run_bm_file,
-        code=stage_sources("ingest", "merge", "engineer"),
+        code=stage_sources("ingest", "merge", "engineer", "vmframe", "counters", "tidy", "quality"),
     output:
         data=f"{RES}/merged/{{node_type}}/{{run_id}}.parquet",
         quality=f"{RES}/merged/{{node_type}}/{{run_id}}.quality.json",

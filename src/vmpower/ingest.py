@@ -204,16 +204,50 @@ def read_host_power(path: str | Path) -> RawTable:
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
     with open(path, "rb") as fh:
-        header = fh.readline().decode("utf-8", "replace").strip()
-    names = [h.strip().strip('"') for h in header.split(",")]
+        header = fh.readline()
+        cuts = _repeated_headers(fh, header.rstrip(b"\r\n"))
+    text = header.decode("utf-8", "replace").strip()
+    names = [h.strip().strip('"') for h in text.split(",")]
     keep = [n for n in names if n not in HOST_DROP] or None
+    if not cuts:
+        table, notes = _read_csv(path, path, keep)
+    else:
+        # Two collector outputs concatenated: each part is read with its own header line.
+        data = path.read_bytes()
+        bounds = [0, *cuts, len(data)]
+        parts = [_read_csv(path, pa.py_buffer(data[a:b]), keep) for a, b in zip(bounds, bounds[1:])]
+        table = pa.concat_tables([t for t, _ in parts], promote_options="default")
+        notes = {"repeated_headers": len(cuts), **parts[-1][1]}
+    if table.num_rows == 0:
+        raise InputError(path, "CSV has a header but no rows")
+    return RawTable(path, _to_frame(table, drop=HOST_DROP), notes)
 
-    source: object = path
+
+def _repeated_headers(fh, header: bytes) -> list[int]:
+    """Byte offsets of the lines (after the first) equal to the header line: one file written by
+    two collector runs. Searched with mmap.find (no Python loop per row, no copy of the file)."""
+    import mmap
+
+    if not header:
+        return []
+    needle, cuts = b"\n" + header, []
+    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        i = mm.find(needle)
+        while i >= 0:
+            end = i + len(needle)
+            if end == len(mm) or mm[end : end + 1] in (b"\n", b"\r"):
+                cuts.append(i + 1)
+            i = mm.find(needle, i + 1)
+    return cuts
+
+
+def _read_csv(path: Path, source, keep) -> tuple[pa.Table, dict]:
+    """One CSV (a file, or one part of a concatenated file) as an Arrow table."""
     notes: dict = {}
 
     def read(iso_type):
         return pacsv.read_csv(
-            source,
+            pa.BufferReader(source) if isinstance(source, pa.Buffer) else source,
             read_options=pacsv.ReadOptions(use_threads=True, block_size=1 << 24),
             convert_options=pacsv.ConvertOptions(
                 column_types={"timestamp_iso": iso_type, "vm_filter": pa.string()},
@@ -234,30 +268,25 @@ def read_host_power(path: str | Path) -> RawTable:
     try:
         table = parse()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        cut = _cut_last_line(path)
+        cut = _cut_last_line(source)
         if cut is None:
             raise InputError(path, f"malformed CSV ({_short(exc)})") from None
         # A collector killed mid-write leaves a partial last line: the rows before it are kept.
-        source, notes = pa.BufferReader(cut), {"incomplete_last_line": 1}
+        source, notes = cut, {"incomplete_last_line": 1}
         try:
             table = parse()
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc2:
             raise InputError(path, f"malformed CSV ({_short(exc2)})") from None
-    if table.num_rows == 0:
-        raise InputError(path, "CSV has a header but no rows")
-    return RawTable(path, _to_frame(table, drop=HOST_DROP), notes)
+    return table, notes
 
 
-def _cut_last_line(path: Path) -> bytes | None:
-    """The file without its last line when that line lacks its newline (else None)."""
-    with open(path, "rb") as fh:
-        fh.seek(-1, 2)
-        if fh.read(1) == b"\n":
-            return None
-        fh.seek(0)
-        data = fh.read()
+def _cut_last_line(source) -> pa.Buffer | None:
+    """The CSV (a path or a buffer) without its last line when that line lacks its newline."""
+    data = source.to_pybytes() if isinstance(source, pa.Buffer) else Path(source).read_bytes()
+    if not data or data[-1:] == b"\n":
+        return None
     end = data.rfind(b"\n")
-    return data[: end + 1] if end > 0 else None
+    return pa.py_buffer(data[: end + 1]) if end > 0 else None
 
 
 def zones_in(df: pd.DataFrame) -> list[str]:
@@ -326,16 +355,6 @@ def time_columns(raw: RawTable) -> dict[str, np.ndarray]:
             "no absolute time: needs timestamp_absolute or timestamp_iso (the relative 'timestamp' cannot be aligned)",
         )
     return out
-
-
-def check_monotonic(t: np.ndarray, path: Path, what: str) -> None:
-    steps = np.diff(t)
-    if (steps <= 0).any():
-        i = int(np.flatnonzero(steps <= 0)[0]) + 1
-        raise InputError(
-            path,
-            f"{what} times go backwards or repeat at row {i} ({t[i - 1]:.3f} -> {t[i]:.3f}); clock step during collection?",
-        )
 
 
 def check_finite(df: pd.DataFrame, columns: list[str], path: Path) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fnmatch
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vmpower import engineer, ingest
+from vmpower import counters, engineer, ingest, quality as run_quality, tidy, vmframe
 from vmpower.errors import InputError
 from vmpower.io import write_json, write_parquet
 
@@ -55,9 +54,15 @@ class MergeSettings:
     vm_utc_offset_seconds: float | None = None
     host_utc_offset_seconds: float | None = None
     min_match_rate: float = 0.5
+    # The defaults below match config.yaml (which says why).
+    min_kept_fraction: float = 0.8
+    quality_warnings: dict = field(default_factory=lambda: {"min_match_rate": 0.9, "max_time_diff_mean_seconds": 0.2})
     zones: list[str] = field(default_factory=lambda: ["package", "core", "dram", "uncore"])
-    required_zones: list[str] = field(default_factory=lambda: ["package", "core"])
+    required_zones: list[str] = field(default_factory=lambda: ["package"])
+    required_features: list[str] = field(default_factory=list)
     cumulative_features: list[str] = field(default_factory=list)
+    counter_semantics: dict = field(default_factory=dict)
+    counter_detection: dict = field(default_factory=lambda: {"max_resets": 2, "size_ratio": 2.0, "min_samples": 10})
     non_features: list[str] = field(default_factory=list)
     perf_features: list[str] = field(default_factory=list)
     # Lag estimate recorded in the quality report (features.lag_*; vmpower.engineer).
@@ -86,80 +91,8 @@ class MergeSettings:
 
 
 # ---------------------------------------------------------------- VM side
-
-
-def _matches(name: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def vm_feature_frame(raw: ingest.RawTable, s: MergeSettings) -> tuple[pd.DataFrame, list[str], dict]:
-    """Numeric feature columns of a VM file, with absent perf counters as NaN and cumulative
-    counters turned into per-second rates. Returns (frame, feature names, notes)."""
-    df, notes = raw.df, {}
-    numeric = [
-        c
-        for c in df.columns
-        if c not in s.non_features and pd.api.types.is_float_dtype(df[c].dtype)
-    ]
-    feats = df[numeric].copy()
-
-    # Perf unavailable: older collectors write 0 for the whole run, newer ones null. Both are
-    # "absent" (NaN), never a real zero. Per counter: a guest collector may read some of them
-    # (page faults, context switches) from /proc when perf cannot count.
-    perf_cols = [c for c in numeric if _matches(c, s.perf_features)]
-    if perf_cols:
-        block = feats[perf_cols]
-        absent = ((block == 0) | block.isna()).all()
-        feats[list(absent.index[absent])] = np.nan
-        flagged = (df["perf_available"] == 0).to_numpy() if "perf_available" in df.columns else None
-        notes["perf_available"] = not (bool(absent.all()) or (flagged is not None and bool(flagged.all())))
-        if flagged is not None and flagged.any():
-            # Rows flagged perf_available=false: their perf zeros mean "not counted".
-            sub = feats.loc[flagged, perf_cols]
-            feats.loc[flagged, perf_cols] = sub.where(sub != 0)
-            notes["rows_without_perf"] = int(flagged.sum())
-
-    allowed_nan = np.zeros(len(df), dtype=bool)
-    if "perf_available" in df.columns:
-        allowed_nan = (df["perf_available"] == 0).to_numpy()
-    all_null = [c for c in numeric if feats[c].isna().all()]
-    for c in numeric:
-        if c in all_null:
-            continue
-        bad = feats[c].isna().to_numpy()
-        if c in perf_cols:
-            bad = bad & ~allowed_nan
-        if bad.any():
-            raise InputError(
-                raw.path,
-                f"feature {c} has {int(bad.sum())} NaN/null values (first at row {int(np.flatnonzero(bad)[0])})",
-            )
-    if all_null:
-        notes["absent_features"] = sorted(all_null)
-
-    # Cumulative counters since boot -> rates per second within this run.
-    t = df["timestamp_absolute"].to_numpy("float64") if "timestamp_absolute" in df else None
-    if t is None or np.isnan(t).all():
-        t = ingest.naive_seconds(df["timestamp_iso"], raw.path)
-    dt = np.diff(t, prepend=np.nan)
-    window = df["time_delta_seconds"].to_numpy("float64") if "time_delta_seconds" in df else dt
-    cumulative = [c for c in numeric if _matches(c, s.cumulative_features) and c not in all_null]
-    drop = pd.Series(pd.NA, index=df.index, dtype="string")
-    if cumulative:
-        delta = feats[cumulative].diff().to_numpy()
-        reset = (delta < 0).any(axis=1)
-        gap = dt > 1.5 * np.maximum(window, 1e-9)  # a missing sample: the rate spans the gap
-        feats[cumulative] = delta / dt[:, None]
-        feats = feats.rename(columns={c: f"{c}_rate" for c in cumulative})
-        drop[gap] = "rate_gap"
-        drop[reset] = "counter_reset"
-        drop.iloc[0] = "rate_warmup"
-    basis = engineer.hinges(feats, s.hinges)
-    if len(basis.columns):
-        feats = pd.concat([feats, basis], axis=1)
-    feature_names = list(feats.columns)
-    feats["_drop"] = drop
-    return feats, feature_names, notes
+# (vmframe.py; re-exported here for the callers that import it from merge)
+vm_feature_frame = vmframe.vm_feature_frame
 
 
 # ---------------------------------------------------------------- alignment
@@ -381,15 +314,17 @@ def _quality(vm_raw, host_raw, s, base, clocks, t_vm, dt_vm, t_host, zones, feat
     return quality
 
 
-def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]:
+def _read_pair(vm_path, host_path, s: MergeSettings):
+    """Both files read, their zones checked, their rows sorted and deduplicated on the common
+    clock (repairs counted in the tables' notes). Returns (vm, host, zones, vm times, host
+    times, time base)."""
     vm_raw = ingest.read_vm_features(vm_path)
     host_raw = ingest.read_host_power(host_path)
     vm_path, host_path = vm_raw.path, host_raw.path
 
     zones_present = ingest.zones_in(host_raw.df)
-    missing = [z for z in s.required_zones if z not in zones_present]
-    if s.power_zone not in s.required_zones and s.power_zone not in zones_present:
-        missing.append(s.power_zone)
+    required = list(dict.fromkeys([*s.required_zones, s.power_zone]))
+    missing = [z for z in required if z not in zones_present]
     if missing:
         raise InputError(
             host_path,
@@ -397,16 +332,33 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
             f"(zones present: {', '.join(zones_present) or 'none'})",
         )
     zones = [z for z in s.zones if z in zones_present]
-    power_cols = [ingest.ZONE_PREFIX + z for z in zones]
-    ingest.check_finite(host_raw.df, power_cols, host_path)
-
     vm_times = with_utc_offset(ingest.time_columns(vm_raw), s.vm_utc_offset_seconds)
     host_times = with_utc_offset(ingest.time_columns(host_raw), s.host_utc_offset_seconds)
     base = _choose_base(vm_times, host_times, vm_path, host_path)
+    host_raw, host_times, zones = tidy.usable_power(host_raw, host_times, zones, required)
+    vm_raw, vm_times = tidy.sort_dedupe(vm_raw, vm_times, base)
+    host_raw, host_times = tidy.sort_dedupe(host_raw, host_times, base)
+    _check_required_features(vm_raw, s)
+    return vm_raw, host_raw, zones, vm_times, host_times, base
+
+
+def _check_required_features(vm_raw, s: MergeSettings) -> None:
+    df = vm_raw.df
+    for name in s.required_features:
+        if name not in df.columns:
+            raise InputError(vm_raw.path, f"required feature {name} is missing (ingest.required_features)")
+        if not pd.api.types.is_float_dtype(df[name].dtype):
+            raise InputError(vm_raw.path, f"required feature {name} is not numeric (e.g. {str(df[name].iloc[0])[:20]!r})")
+        if df[name].isna().all():
+            raise InputError(vm_raw.path, f"required feature {name} is empty in every sample")
+
+
+def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]:
+    vm_raw, host_raw, zones, vm_times, host_times, base = _read_pair(vm_path, host_path, s)
+    vm_path, host_path = vm_raw.path, host_raw.path
+    power_cols = [ingest.ZONE_PREFIX + z for z in zones]
     t_vm = vm_times[base] + float(s.vm_clock_offset_seconds)
     t_host = host_times[base]
-    ingest.check_monotonic(t_vm, vm_path, "VM sample")
-    ingest.check_monotonic(t_host, host_path, "host sample")
     if "time_delta_seconds" in vm_raw.df:
         ingest.check_finite(vm_raw.df, ["time_delta_seconds"], vm_path)
         dt_vm = vm_raw.df["time_delta_seconds"].to_numpy("float64")
@@ -457,11 +409,7 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
             "time": t_vm,
             "t_rel": t_vm - t_vm[0],
             "time_delta_seconds": dt_vm,
-            "stress_workload": (
-                vm_raw.df["stress_workload"].astype("string").fillna("unknown")
-                if "stress_workload" in vm_raw.df
-                else pd.Series("unknown", index=vm_raw.df.index, dtype="string")
-            ),
+            "stress_workload": _workload(vm_raw),
         }
     )
     out = pd.concat([out, feats.reset_index(drop=True)], axis=1)
@@ -487,11 +435,18 @@ def merge_run(vm_path, host_path, s: MergeSettings) -> tuple[pd.DataFrame, dict]
             f"only {quality['match_rate']:.0%} of VM samples found host power in {host_path.name} "
             f"(minimum {float(s.min_match_rate):.0%}; clocks out of sync?)",
         )
+    _judge(quality, s, vm_path, host_path)
     if out.empty:
         raise InputError(vm_path, f"no rows left after merging with {host_path.name}: {quality['rows_dropped']}")
     quality["lag"] = _lag(out, s)
     quality["alignment_requested"] = requested
     return out, quality
+
+
+def _judge(quality: dict, s: MergeSettings, vm_path: Path, host_path: Path) -> None:
+    """Warnings (the seed's indicators, repairs) into quality; too few VM samples kept: an error."""
+    quality["warnings"] = run_quality.warnings(quality, s.quality_warnings)
+    run_quality.check_kept(quality, s.min_kept_fraction, vm_path, host_path)
 
 
 def _lag(frame: pd.DataFrame, s: MergeSettings) -> dict:
@@ -578,6 +533,7 @@ def _merge_intervals(vm_path, host_path, vm_raw, host_raw, feats, feature_names,
     if quality["match_rate"] < float(s.min_match_rate):
         raise InputError(vm_path, f"only {quality['match_rate']:.0%} of VM samples fall in usable Kepler intervals "
                                   f"of {host_path.name} (minimum {float(s.min_match_rate):.0%}): {quality['rows_dropped']}")
+    _judge(quality, s, vm_path, host_path)
     if out.empty:
         raise InputError(vm_path, f"no rows left after merging with {host_path.name}: {quality['rows_dropped']}")
     # The per-sample lag (for the quality report): how late the labels are against the features.
@@ -676,6 +632,8 @@ def cmd_dataset(args) -> int:
         with open(q) as fh:
             qualities[Path(q).name.removesuffix(".quality.json")] = json.load(fh)
     summary["run_quality"] = qualities
+    # What the runs' counters were (counters.py), for whoever computes these features live.
+    summary["counter_semantics"] = counters.combine({r: q.get("vm_counter_semantics") or {} for r, q in qualities.items()})
     # Feature engineering (vmpower.engineer): lag-corrected labels and causal windowed features.
     eng = engineer.settings_from(json.loads(args.settings) if args.settings else {})
     if eng["lag_correction"] or eng["windows"]:

@@ -50,6 +50,7 @@ def render(summary: pd.DataFrame, best: dict, datasets: dict[str, dict], isolati
                     "mean time diff (s)": q["time_diff_mean"] or 0.0,
                     "max time diff (s)": q["time_diff_max"] or 0.0,
                     "dropped": ", ".join(f"{k}={v}" for k, v in q["rows_dropped"].items()) or "-",
+                    "warnings": "; ".join(q.get("warnings") or []) or "-",
                 }
             )
     out += [_table(pd.DataFrame(rows)) if rows else "(no runs)", ""]
@@ -242,12 +243,13 @@ def cmd_quality(args) -> int:
 
     header = ["run", "time base", "alignment", "VM samples", "rows kept", "match rate", "mean time diff (s)",
               "max time diff (s)", "guest UTC offset (s)", "guest clock offset (s)", "label lag (s)", "overlap (s)",
-              "dropped"]
+              "dropped", "warnings"]
     table = [
         [r["run"], r.get("time_base", "-"), r.get("alignment", "-"), r.get("vm_samples"), r.get("rows_kept"),
          r.get("match_rate"), r.get("time_diff_mean"), r.get("time_diff_max"), r.get("vm_utc_offset_seconds"),
          _clock_offset(r), (r.get("lag") or {}).get("lag_seconds"), r.get("overlap_seconds"),
-         ", ".join(f"{k}={v}" for k, v in sorted((r.get("rows_dropped") or {}).items())) or "-"]
+         ", ".join(f"{k}={v}" for k, v in sorted((r.get("rows_dropped") or {}).items())) or "-",
+         "; ".join(r.get("warnings") or []) or "-"]
         for r in rows
     ]
     body = [
@@ -255,8 +257,9 @@ def cmd_quality(args) -> int:
         "VM sample and the host readings it was paired with (with <code>kepler_interval</code> alignment: "
         "the uncertainty of Kepler's update times), the guest's UTC offset, the guest clock offset "
         "(configured <code>merge.vm_clock_offset_seconds</code> plus the offset estimated per run), how "
-        "late the labels are against the per-sample features (cross-correlation), and the rows or "
-        "intervals dropped with their reasons.</p>",
+        "late the labels are against the per-sample features (cross-correlation), the rows or "
+        "intervals dropped with their reasons, and the run's warnings (<code>merge.quality_warnings</code>: "
+        "the seed's match-rate and time-difference indicators, repaired rows, dropped features).</p>",
         html_table(header, table, left=3),
     ]
     write_text(html_page(f"{nt}: data quality per run", body), args.table)
