@@ -7,6 +7,7 @@ import logging
 import math
 import time
 
+from vmpower.energy import NodeEnergy
 from vmpower.errors import InputError
 from vmpower.predict import (DEFAULT_CONFIDENCE_THRESHOLD, LiveFeatures, Model, for_features,
                              rate_features)
@@ -30,7 +31,7 @@ class Exporter:
     way kepler_vm_low_confidence_total rises. No model at all: the zone is absent."""
 
     def __init__(self, models, settings, node_name: str, *, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
-                 low_confidence: str = "report", registry=None):
+                 low_confidence: str = "report", registry=None, idle: dict[str, float] | None = None):
         import numpy as np
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -59,8 +60,10 @@ class Exporter:
 
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.watts = Gauge("kepler_node_cpu_watts", "Estimated CPU power of this VM's node by zone (W)",
-                           ["node_name", "zone"], registry=r)
+        # kepler_node_cpu_* (Kepler >= 0.10's node family: watts, joules, active/idle, usage ratio)
+        self.energy = NodeEnergy(self.zones, node_name, idle, registry=r)
+        # A DynPower model predicts the power above idle: its total adds the zone's idle power.
+        self.base = [self.energy.idle if m.metadata.get("output_type") == "DynPower" else {} for m in models]
         self.inference = Gauge("kepler_vm_model_inference_duration_seconds",
                                "Time of the last inference of the model serving the zone", ["zone"], registry=r)
         self.confidence = Gauge("kepler_vm_model_confidence_score",
@@ -77,7 +80,7 @@ class Exporter:
                                 ["feature"], registry=r)
         self.mae = Gauge("kepler_vm_model_accuracy_mae", "Held-out MAE of the model serving the zone (W)", ["zone"],
                          registry=r)
-        self.points = Gauge("kepler_vm_training_data_points_total",
+        self.points = Gauge("kepler_vm_training_data_points",
                             "Training rows of the model serving the zone", ["zone"], registry=r)
         self.trained = Gauge("kepler_vm_last_training_timestamp",
                              "Time of the newest training sample of the model serving the zone (s since 1970)",
@@ -120,7 +123,6 @@ class Exporter:
         i = self.served.pop(zone, None)
         if i is not None:
             self.version.labels(zone, self.models[i].version, *self.models[i].labels).set(0)
-            _remove(self.watts, self.node_name, zone)
             _remove(self.inference, zone)
         self.unavailable.labels(zone).inc()
 
@@ -132,7 +134,6 @@ class Exporter:
             self.version.labels(zone, self.models[i].version, *self.models[i].labels).set(1)
             self.served[zone] = i
             self._set_info(zone, i)
-        self.watts.labels(self.node_name, zone).set(watts)
         self.inference.labels(zone).set(seconds)
 
     def fail(self, exc: BaseException | None = None) -> None:
@@ -140,6 +141,7 @@ class Exporter:
         publish no watts; rates restart from the next record."""
         self.errors.labels(SAMPLE_ERROR).inc()
         self._prev = None
+        self.energy.tick({}, None)
         for zone in self.zones:
             self._absent(zone)
             if zone in self._conf_shown:
@@ -156,6 +158,7 @@ class Exporter:
             self.collection.labels(src).set(seconds)
         prev, self._prev = self._prev, record
         if prev is None:
+            self.energy.tick({}, None, _usage_ratio(record))
             return {}  # rates need two samples
         try:
             computed = [lf.compute(prev, record) for lf in self.live]
@@ -197,6 +200,7 @@ class Exporter:
                 if not math.isfinite(w):
                     self.inference_errors.labels(zone, *self.models[i].labels).inc()
                     continue
+                w = max(0.0, w + self.base[i].get(zone, 0.0))  # total power; below 0 is not power
                 served = i
                 self._serve(zone, i, w, time.perf_counter() - t1)
                 out[zone] = w
@@ -214,7 +218,24 @@ class Exporter:
                 self._absent(zone)
         if missing:
             log.debug("features unavailable: %s", ", ".join(sorted(missing)))
+        self.energy.tick(out, _window(prev, record), _usage_ratio(record))
         return out
+
+
+def _window(prev: dict, record: dict) -> float | None:
+    """Seconds the record's watts stand for: its window on the collector's monotonic clock."""
+    dt = record.get("time_delta_seconds")
+    if isinstance(dt, (int, float)) and not isinstance(dt, bool):
+        return float(dt)
+    a, b = prev.get("timestamp"), record.get("timestamp")
+    return float(b - a) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+
+
+def _usage_ratio(record: dict) -> float | None:
+    """Kepler's node CPU usage ratio: the collector's cpu_utilization (non-idle, non-iowait share
+    of /proc/stat time, in %) / 100."""
+    u = record.get("cpu_utilization")
+    return u / 100.0 if isinstance(u, (int, float)) and not isinstance(u, bool) else None
 
 
 def _remove(metric, *labels) -> None:
@@ -241,17 +262,27 @@ class _Timer:
 
 def run_exporter(models, settings, *, port: int, address: str, interval: float, node_name: str,
                  use_perf: bool, kepler_url: str | None, stop=None, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
-                 low_confidence: str = "report") -> None:
-    """Collect live features every ``interval`` s with the guest collector and serve /metrics."""
+                 low_confidence: str = "report", idle_source=None, powercap_dir=None) -> None:
+    """Collect live features every ``interval`` s with the guest collector and serve /metrics.
+    ``idle_source``: the --model path, searched for the node_type's idle power (find_idle);
+    ``powercap_dir``: keep a RAPL-shaped tree of the modelled energy there (vmpower.powercap)."""
     import os
 
     from prometheus_client import disable_created_metrics, start_http_server
 
     from vmpower.collect import features as collect_features
     from vmpower.collect.common import Schedule
+    from vmpower.energy import find_idle
+    from vmpower.powercap import PowercapTree
 
     disable_created_metrics()  # *_created series only add noise to every scrape
-    exporter = Exporter(models, settings, node_name, threshold=threshold, low_confidence=low_confidence)
+    idle, where = find_idle(models, idle_source)
+    if idle is None:
+        log.warning("no idle power for the node_type (%s): kepler_node_cpu_active_*/idle_* are not published", where)
+    else:
+        log.info("idle power per zone from %s: %s", where, ", ".join(f"{z} {w:.3g} W" for z, w in idle.items()))
+    exporter = Exporter(models, settings, node_name, threshold=threshold, low_confidence=low_confidence, idle=idle)
+    tree = PowercapTree(powercap_dir, exporter.zones) if powercap_dir else None
     collector = collect_features.FeatureCollector(os.devnull, interval=interval, duration=None, workloads="none",
                                                   kepler_url=kepler_url, use_perf=use_perf)
     collector._start_perf()
@@ -299,6 +330,11 @@ def run_exporter(models, settings, *, port: int, address: str, interval: float, 
             finally:
                 if cur is not None and prev is not None:
                     prev = cur  # the next window starts here whatever happened to this one
+            if tree is not None:
+                try:
+                    tree.write(exporter.energy.snapshot_joules())
+                except OSError as exc:  # e.g. a full disk: the metrics go on
+                    log.warning("cannot update the powercap tree %s: %s", powercap_dir, exc)
     finally:
         if collector.perf is not None:
             collector.perf.stop()

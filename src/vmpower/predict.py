@@ -792,7 +792,7 @@ def cmd_serve(args) -> int:
         run_exporter(models, settings, port=args.port, address=args.address, interval=args.interval,
                      node_name=args.node_name or socket.gethostname(), use_perf=not args.no_perf,
                      kepler_url=args.kepler_url, stop=stoppers, threshold=args.confidence_threshold,
-                     low_confidence=args.low_confidence)
+                     low_confidence=args.low_confidence, idle_source=args.model, powercap_dir=args.powercap_dir)
     return 0
 
 
@@ -848,4 +848,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--low-confidence", choices=("report", "drop"), default="report",
                    help="when only models below the threshold have their features: report the first "
                         "anyway (default) or drop the zone; both count kepler_vm_low_confidence_total")
+    s.add_argument("--powercap-dir", metavar="DIR",
+                   help="keep a RAPL-shaped powercap tree of the modelled energy in DIR (use it as "
+                        "/sys/class/powercap for RAPL readers; see docs/deploy.md)")
     s.set_defaults(func=cmd_serve)
