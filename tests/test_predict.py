@@ -673,7 +673,7 @@ def test_no_model_can_serve_zone_is_absent_and_counted(art, settings):
     assert _sample(r, "kepler_vm_feature_collection_errors_total", feature="cpu_utilization") == 1
     assert _sample(r, "kepler_vm_feature_collection_errors_total", feature="instructions") == 1
     # the static model information stays
-    assert _sample(r, "kepler_vm_training_data_points_total", zone="core") == chain[0].training_rows
+    assert _sample(r, "kepler_vm_training_data_points", zone="core") == chain[0].training_rows
 
 
 def test_inference_error_falls_back_to_the_next_model_and_is_counted(art, settings):
@@ -760,7 +760,7 @@ def test_training_metrics_and_collection_durations(art, settings):
     exp.update(recs[1], {"proc": 0.003})
     r = exp.registry
     for zone in model.zones:
-        assert _sample(r, "kepler_vm_training_data_points_total", zone=zone) == len(data[data[model.features].notna().all(axis=1)])
+        assert _sample(r, "kepler_vm_training_data_points", zone=zone) == len(data[data[model.features].notna().all(axis=1)])
         assert _sample(r, "kepler_vm_last_training_timestamp", zone=zone) == data["time"].max()
         assert 0 < _sample(r, "kepler_vm_model_inference_duration_seconds", zone=zone) < 0.1
     assert _sample(r, "kepler_vm_feature_collection_duration_seconds", feature="proc") == 0.003
@@ -915,7 +915,7 @@ def test_serve_exports_every_zone_and_health_metrics(art):
     conf = _by(m, "kepler_vm_model_confidence_score")
     assert set(conf) == set(model.zones) and all(0 <= v <= 1 for v in conf.values())
     td = model.metadata["training_data"]
-    assert _by(m, "kepler_vm_training_data_points_total") == {z: td["rows"] for z in model.zones}
+    assert _by(m, "kepler_vm_training_data_points") == {z: td["rows"] for z in model.zones}
     assert _by(m, "kepler_vm_last_training_timestamp") == {z: pytest.approx(td["last_sample_time"]) for z in model.zones}
     assert _by(m, "kepler_vm_model_accuracy_mae") == {z: pytest.approx(model.metadata[f"{z}_mae"]) for z in model.zones}
     assert not any(_by(m, "kepler_vm_zone_unavailable").values())

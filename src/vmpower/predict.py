@@ -502,303 +502,23 @@ class LiveFeatures:
         return ingest.naive_seconds(pd.Series([prev.get("timestamp_iso"), cur.get("timestamp_iso")]), LIVE)
 
 
-# ---------------------------------------------------------------- serve
-
-SOURCES = ("proc", "perf", "kepler", "features")  # kepler_vm_feature_collection_duration_seconds{feature}
-SAMPLE_ERROR = "_sample"  # kepler_vm_feature_collection_errors_total{feature} of a failed tick
+# ---------------------------------------------------------------- serve (the exporter is in vmpower.exporter)
 
 
-class Exporter:
-    """Prometheus metrics of a model chain, updated from consecutive live collector records.
+def __getattr__(name: str):
+    """predict.Exporter / predict.run_exporter keep working (imported lazily: exporter imports predict)."""
+    if name in ("Exporter", "run_exporter", "SOURCES", "SAMPLE_ERROR"):
+        from vmpower import exporter
 
-    Per tick and zone, the first model of the chain that has the zone, all of its features and
-    a confidence >= ``threshold`` serves it. If only models below the threshold have their
-    features, ``low_confidence`` decides: "report" (serve the first of them, the seed's
-    fallback_method "estimation") or "drop" (the zone is absent, the seed's "disable"); either
-    way kepler_vm_low_confidence_total rises. No model at all: the zone is absent."""
-
-    def __init__(self, models, settings, node_name: str, *, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
-                 low_confidence: str = "report", registry=None):
-        import numpy as np
-        from prometheus_client import CollectorRegistry, Counter, Gauge
-
-        models = [models] if isinstance(models, Model) else list(models)
-        settings = list(settings) if isinstance(settings, (list, tuple)) else [settings] * len(models)
-        if low_confidence not in ("report", "drop"):
-            raise ValueError(f"low_confidence must be report or drop, not {low_confidence!r}")
-        self.models, self.node_name = models, node_name
-        self.threshold, self.low_confidence = float(threshold), low_confidence
-        # One feature computation per distinct ingest settings (normally one for the whole chain),
-        # computing the hinge inputs of all its models.
-        bases: list = []
-        self.group: list[int] = []
-        for s in settings:
-            base = for_features(s, [])
-            if base not in bases:
-                bases.append(base)
-            self.group.append(bases.index(base))
-        self.live = [LiveFeatures(for_features(b, [f for m, g in zip(models, self.group) if g == i for f in m.features]))
-                     for i, b in enumerate(bases)]
-        self.rate_mask = [np.array([f in rate_features(s, m.features) for f in m.features], bool)
-                          for m, s in zip(models, settings)]
-        self.zones = list(dict.fromkeys(z for m in models for z in m.zones))
-        self.chain = {z: [i for i, m in enumerate(models) if z in m.zones] for z in self.zones}
-        self.features = list(dict.fromkeys(f for m in models for f in m.features))
-
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.watts = Gauge("kepler_node_cpu_watts", "Estimated CPU power of this VM's node by zone (W)",
-                           ["node_name", "zone"], registry=r)
-        self.inference = Gauge("kepler_vm_model_inference_duration_seconds",
-                               "Time of the last inference of the model serving the zone", ["zone"], registry=r)
-        self.confidence = Gauge("kepler_vm_model_confidence_score",
-                                "Share of the serving model's features inside the range of its training data",
-                                ["zone"], registry=r)
-        self.version = Gauge("kepler_vm_model_version",
-                             "1 for the model that served the zone on the last tick, 0 for the zone's other models "
-                             "(version: manifest sha256 prefix)", ["zone", "version", "model_name", "feature_group"], registry=r)
-        self.errors = Counter("kepler_vm_feature_collection_errors",
-                              "Ticks on which a model feature was unavailable (_sample: the whole tick failed)",
-                              ["feature"], registry=r)
-        self.collection = Gauge("kepler_vm_feature_collection_duration_seconds",
-                                "Time spent on the last sample per source (proc, perf, kepler, features)",
-                                ["feature"], registry=r)
-        self.mae = Gauge("kepler_vm_model_accuracy_mae", "Held-out MAE of the model serving the zone (W)", ["zone"],
-                         registry=r)
-        self.points = Gauge("kepler_vm_training_data_points_total",
-                            "Training rows of the model serving the zone", ["zone"], registry=r)
-        self.trained = Gauge("kepler_vm_last_training_timestamp",
-                             "Time of the newest training sample of the model serving the zone (s since 1970)",
-                             ["zone"], registry=r)
-        self.inference_errors = Counter("kepler_vm_inference_errors", "Failed inferences (the next model is tried)",
-                                        ["zone", "model_name", "feature_group"], registry=r)
-        self.low = Counter("kepler_vm_low_confidence", "Ticks on which no model with its features had a confidence "
-                           "at or above the threshold", ["zone"], registry=r)
-        self.unavailable = Counter("kepler_vm_zone_unavailable", "Ticks on which the zone was not reported",
-                                   ["zone"], registry=r)
-        for f in [*self.features, SAMPLE_ERROR]:
-            self.errors.labels(f)  # exported as 0 from the start
-        for zone in self.zones:
-            for c in (self.low, self.unavailable):
-                c.labels(zone)
-            for i in self.chain[zone]:
-                self.version.labels(zone, models[i].version, *models[i].labels).set(0)
-                self.inference_errors.labels(zone, *models[i].labels)
-        self.served: dict[str, int] = {}  # zone -> index of the model that served it last tick
-        self._conf_shown: set[str] = set()  # zones with a confidence series
-        self._info: dict[str, int] = {}  # zone -> model whose MAE/training info is exported
-        for zone in self.zones:
-            self._set_info(zone, self.chain[zone][0])
-        self._prev: dict | None = None
-
-    def _set_info(self, zone: str, i: int) -> None:
-        if self._info.get(zone) == i:
-            return
-        self._info[zone] = i
-        m = self.models[i]
-        for gauge, value in ((self.mae, m.metadata.get(f"{zone}_mae")), (self.points, m.training_rows),
-                             (self.trained, m.last_training_time)):
-            if value is None:
-                _remove(gauge, zone)
-            else:
-                gauge.labels(zone).set(float(value))
-
-    def _absent(self, zone: str) -> None:
-        """No trustworthy watts for the zone: remove its per-tick series, count it."""
-        i = self.served.pop(zone, None)
-        if i is not None:
-            self.version.labels(zone, self.models[i].version, *self.models[i].labels).set(0)
-            _remove(self.watts, self.node_name, zone)
-            _remove(self.inference, zone)
-        self.unavailable.labels(zone).inc()
-
-    def _serve(self, zone: str, i: int, watts: float, seconds: float) -> None:
-        old = self.served.get(zone)
-        if old != i:
-            if old is not None:
-                self.version.labels(zone, self.models[old].version, *self.models[old].labels).set(0)
-            self.version.labels(zone, self.models[i].version, *self.models[i].labels).set(1)
-            self.served[zone] = i
-            self._set_info(zone, i)
-        self.watts.labels(self.node_name, zone).set(watts)
-        self.inference.labels(zone).set(seconds)
-
-    def fail(self, exc: BaseException | None = None) -> None:
-        """A tick without a sample (collection or feature computation failed): count it and
-        publish no watts; rates restart from the next record."""
-        self.errors.labels(SAMPLE_ERROR).inc()
-        self._prev = None
-        for zone in self.zones:
-            self._absent(zone)
-            if zone in self._conf_shown:
-                self._conf_shown.discard(zone)
-                self.confidence.remove(zone)
-
-    def update(self, record: dict, durations: dict | None = None) -> dict[str, float]:
-        """Feed one collector record; returns the watts reported per zone (absent zones omitted).
-        ``durations``: seconds per collection source, exported with the feature computation's."""
-        import numpy as np
-
-        t0 = time.perf_counter()
-        for src, seconds in (durations or {}).items():
-            self.collection.labels(src).set(seconds)
-        prev, self._prev = self._prev, record
-        if prev is None:
-            return {}  # rates need two samples
-        try:
-            computed = [lf.compute(prev, record) for lf in self.live]
-        except (InputError, ValueError) as exc:  # one bad record must not stop the exporter
-            log.warning("sample skipped: %s", exc)
-            self.fail(exc)
-            self._prev = record  # the record itself may pair with the next one
-            return {}
-        xs, ok, missing = [], [], set()
-        for m, g, mask in zip(self.models, self.group, self.rate_mask):
-            feats, reason = computed[g]
-            x = np.array([feats.get(f, math.nan) for f in m.features], dtype="float64")
-            if reason == "counter_reset" and mask.any():
-                x[mask] = math.nan
-            good = np.isfinite(x)
-            if not good.all():
-                missing.update(f for f, g_ in zip(m.features, good) if not g_)
-            xs.append(x.reshape(1, -1))
-            ok.append(bool(good.all()))
-        for f in missing:
-            self.errors.labels(f).inc()
-        self.collection.labels("features").set(time.perf_counter() - t0)
-        conf = [m.confidence(x[0]) if good else None for m, x, good in zip(self.models, xs, ok)]
-        out = {}
-        for zone in self.zones:
-            have = [i for i in self.chain[zone] if ok[i]]
-            passing = [i for i in have if conf[i] is None or conf[i] >= self.threshold]
-            low = [i for i in have if i not in passing]
-            order = passing + (low if self.low_confidence == "report" else [])
-            served = None
-            for i in order:
-                t1 = time.perf_counter()
-                try:
-                    w = float(self.models[i].predict_zone(zone, xs[i])[0])
-                except Exception as exc:  # onnxruntime's own types: try the next model
-                    self.inference_errors.labels(zone, *self.models[i].labels).inc()
-                    log.warning("%s: inference of zone %s failed: %s", self.models[i].name, zone, exc)
-                    continue
-                if not math.isfinite(w):
-                    self.inference_errors.labels(zone, *self.models[i].labels).inc()
-                    continue
-                served = i
-                self._serve(zone, i, w, time.perf_counter() - t1)
-                out[zone] = w
-                break
-            if low and (served is None or served in low):
-                self.low.labels(zone).inc()
-            shown = served if served is not None else (low[0] if low else None)
-            if shown is not None and conf[shown] is not None:
-                self.confidence.labels(zone).set(conf[shown])
-                self._conf_shown.add(zone)
-            elif zone in self._conf_shown:
-                self._conf_shown.discard(zone)
-                self.confidence.remove(zone)
-            if served is None:
-                self._absent(zone)
-        if missing:
-            log.debug("features unavailable: %s", ", ".join(sorted(missing)))
-        return out
-
-
-def _remove(metric, *labels) -> None:
-    """Remove a labelled series if it is exported (prometheus_client raises KeyError otherwise)."""
-    try:
-        metric.remove(*labels)
-    except KeyError:
-        pass
-
-
-class _Timer:
-    """Wraps a collector method to add its run time to a per-source total."""
-
-    def __init__(self, totals: dict, source: str, fn):
-        self.totals, self.source, self.fn = totals, source, fn
-
-    def __call__(self, *a, **kw):
-        t = time.perf_counter()
-        try:
-            return self.fn(*a, **kw)
-        finally:
-            self.totals[self.source] += time.perf_counter() - t
-
-
-def run_exporter(models, settings, *, port: int, address: str, interval: float, node_name: str,
-                 use_perf: bool, kepler_url: str | None, stop=None, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
-                 low_confidence: str = "report") -> None:
-    """Collect live features every ``interval`` s with the guest collector and serve /metrics."""
-    import os
-
-    from prometheus_client import disable_created_metrics, start_http_server
-
-    from vmpower.collect import features as collect_features
-    from vmpower.collect.common import Schedule
-
-    disable_created_metrics()  # *_created series only add noise to every scrape
-    exporter = Exporter(models, settings, node_name, threshold=threshold, low_confidence=low_confidence)
-    collector = collect_features.FeatureCollector(os.devnull, interval=interval, duration=None, workloads="none",
-                                                  kepler_url=kepler_url, use_perf=use_perf)
-    collector._start_perf()
-    # Time per source: perf (waiting for perf's counts) and Kepler are collector methods; the
-    # rest of a sample (/proc, psutil) is "proc".
-    totals = {"perf": 0.0, "kepler": 0.0}
-    timed = {"perf": collector.perf is not None and hasattr(collector, "_perf_values"),
-             "kepler": getattr(getattr(collector, "kepler", None), "url", None) is not None}
-    if timed["perf"]:
-        collector._perf_values = _Timer(totals, "perf", collector._perf_values)
-    if timed["kepler"]:
-        collector.kepler.features = _Timer(totals, "kepler", collector.kepler.features)
-    try:
-        server, thread = start_http_server(port, addr=address, registry=exporter.registry)
-    except OSError as exc:
-        raise InputError(f"{address}:{port}", f"cannot listen ({exc.strerror or exc})") from None
-    log.info("serving %s on http://%s:%d/metrics (interval %.3g s)", ", ".join(m.name for m in exporter.models),
-             address, port, interval)
-    schedule = Schedule(interval, None)
-    if stop is not None:
-        stop.append(schedule.stop)
-    prev = t_start = None
-    last_error = None
-    try:
-        for _tick in schedule.ticks():
-            cur = None
-            try:
-                for k in totals:
-                    totals[k] = 0.0
-                t0 = time.perf_counter()
-                cur = collect_features.take_snapshot()
-                if prev is None:
-                    prev, t_start = cur, cur.mono
-                    continue
-                record = collector._sample(prev, cur, t_start)
-                durations = {"proc": time.perf_counter() - t0 - sum(totals.values()),
-                             **{k: v for k, v in totals.items() if timed[k]}}
-                exporter.update(record, durations)
-                last_error = None
-            except Exception as exc:  # the exporter outlives any one bad tick (psutil, /proc, perf ...)
-                exporter.fail(exc)
-                msg = f"{type(exc).__name__}: {exc}"
-                (log.debug if msg == last_error else log.warning)("tick failed, no watts published: %s", msg)
-                last_error = msg
-            finally:
-                if cur is not None and prev is not None:
-                    prev = cur  # the next window starts here whatever happened to this one
-    finally:
-        if collector.perf is not None:
-            collector.perf.stop()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        return getattr(exporter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cmd_serve(args) -> int:
     import socket
 
     from vmpower.collect.common import stop_on_signals
+    from vmpower.exporter import run_exporter
     from vmpower.fallback import resolve_chain
 
     models = resolve_chain(args, use_perf=not args.no_perf)
@@ -814,7 +534,7 @@ def cmd_serve(args) -> int:
         run_exporter(models, settings, port=args.port, address=args.address, interval=args.interval,
                      node_name=args.node_name or socket.gethostname(), use_perf=not args.no_perf,
                      kepler_url=args.kepler_url, stop=stoppers, threshold=args.confidence_threshold,
-                     low_confidence=args.low_confidence)
+                     low_confidence=args.low_confidence, idle_source=args.model, powercap_dir=args.powercap_dir)
     return 0
 
 
@@ -882,4 +602,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--kepler-url", default="none",
                    help="Kepler inside the VM for process CPU seconds (default: none)")
     _chain_args(s)
+    s.add_argument("--powercap-dir", metavar="DIR",
+                   help="keep a RAPL-shaped powercap tree of the modelled energy in DIR (use it as "
+                        "/sys/class/powercap for RAPL readers; see docs/deploy.md)")
     s.set_defaults(func=cmd_serve)
