@@ -164,27 +164,37 @@ def test_training_ranges_recorded_by_train_equal_the_dataset_and_the_held_out_ro
 
 def test_one_export_call_checks_every_model_before_writing_any(exported, tmp_path, capsys):
     """A job exports all trainers of a feature group: lists of unequal length are refused with
-    one line, and a model failing its ONNX check leaves none of the others written."""
+    one line, bad input for one model leaves none of the others written, and a model failing
+    its ONNX check is written with that status while the others export as usual."""
     lr, gbr = exported["LinearRegression"], exported["GradientBoostingRegressor"]
     base = ["export", "--node-type", "nt", "--output-type", "AbsPower", "--feature-group", "Full",
-            "--metrics", str(lr / "metrics.json"), str(gbr / "metrics.json"),
             "--holdout", str(lr / "holdout.parquet"), str(gbr / "holdout.parquet"),
             "--out-dir", str(tmp_path / "o" / "lr"), str(tmp_path / "o" / "gbr"),
             "--archive", str(tmp_path / "o" / "lr.zip"), str(tmp_path / "o" / "gbr.zip")]
-    assert cli.main([*base, "--trainer", "LinearRegression", "GradientBoostingRegressor", "--model",
+    metrics = ["--metrics", str(lr / "metrics.json"), str(gbr / "metrics.json")]
+    both = ["--trainer", "LinearRegression", "GradientBoostingRegressor", "--model", str(lr / "model.joblib"),
+            str(gbr / "model.joblib")]
+    assert cli.main([*base, *metrics, "--trainer", "LinearRegression", "GradientBoostingRegressor", "--model",
                      str(lr / "model.joblib"), "--settings", json.dumps(CONFIG["export"])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["vmpower export: error: --model: has 1 values for 2 trainers (one per --trainer)"]
-    # Linear models match ONNX to ~1e-13 W, float32 trees only to ~1e-6 W: a 1e-9 W limit
-    # passes the first model and fails the second.
-    strict = {**CONFIG["export"], "max_abs_diff_watts": 1e-9}
-    assert cli.main([*base, "--trainer", "LinearRegression", "GradientBoostingRegressor", "--model",
-                     str(lr / "model.joblib"), str(gbr / "model.joblib"), "--settings", json.dumps(strict)]) == 2
+    # The second model's training report does not fit the data set: the first is not written either.
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({**json.loads((gbr / "metrics.json").read_text()), "rows_train": 7}))
+    assert cli.main([*base, *both, "--metrics", str(lr / "metrics.json"), str(wrong), "--dataset",
+                     str(exported["_dataset"]), "--settings", json.dumps(CONFIG["export"])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{gbr / 'model.joblib'}: ONNX" in err[0]
+    assert len(err) == 1 and "the training report says 7" in err[0]
     assert not (tmp_path / "o").exists()
-    assert cli.main([*base, "--trainer", "LinearRegression", "GradientBoostingRegressor", "--model",
-                     str(lr / "model.joblib"), str(gbr / "model.joblib"), "--settings", json.dumps(CONFIG["export"])]) == 0
+    # Linear models match ONNX to ~1e-13 W, float32 trees only to ~1e-6 W: a 1e-9 W limit
+    # passes the first model and fails the second, which alone gets status onnx_mismatch.
+    strict = {**CONFIG["export"], "max_abs_diff_watts": 1e-9}
+    assert cli.main([*base, *both, *metrics, "--settings", json.dumps(strict)]) == 0
+    assert json.loads((tmp_path / "o" / "gbr" / "metadata.json").read_text())["status"] == "onnx_mismatch"
+    assert not list((tmp_path / "o" / "gbr").glob("*.onnx"))
+    ok = json.loads((tmp_path / "o" / "lr" / "metadata.json").read_text())
+    assert ok["status"] == "trained" and (tmp_path / "o" / "lr" / "package.onnx").is_file()
+    assert cli.main([*base, *both, *metrics, "--settings", json.dumps(CONFIG["export"])]) == 0
     for name in ("lr", "gbr"):  # the same bytes as one export per model
         trainer = {"lr": "LinearRegression", "gbr": "GradientBoostingRegressor"}[name]
         one = tmp_path / "one" / name

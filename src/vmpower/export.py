@@ -1,10 +1,9 @@
 """Export trained models: one ONNX file per zone (scaler + model), checked against the native
 model with onnxruntime, packed into a Kepler-compatible archive; then pick the best models.
 
-ONNX inputs are float64, like the native pipelines. Tree models compare float32 features
-(scikit-learn and XGBoost cast internally), so their graphs scale in float64 and cast to
-float32 before the trees, exactly as the native code does: predictions then agree to float32
-rounding instead of flipping branches.
+ONNX inputs are float64, like the native pipelines (conversion: vmpower.onnx_convert). A model
+whose ONNX files do not reproduce it is exported with status onnx_mismatch (metadata and
+manifest, no ONNX file): it is never selected, and its group's other models still export.
 """
 
 from __future__ import annotations
@@ -23,69 +22,13 @@ import pandas as pd
 from vmpower import provenance
 from vmpower.errors import InputError
 from vmpower.io import atomic_path, dumps_json, sha256_file, write_json
+from vmpower.onnx_convert import onnx_predict, to_onnx  # noqa: F401 (export.to_onnx, export.onnx_predict)
 
 MANIFEST = "manifest.sha256"
 
 
 def model_name(trainer: str, node_type: str) -> str:
     return f"{trainer}Trainer_{node_type}"
-
-
-def _register_xgboost() -> None:
-    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
-    from skl2onnx import update_registered_converter
-    from skl2onnx.common.shape_calculator import calculate_linear_regressor_output_shapes
-    from xgboost import XGBRegressor
-
-    update_registered_converter(
-        XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
-    )
-
-
-def _reset_name_counters() -> None:
-    """skl2onnx numbers some node names with process-wide counters (KNN's cdist subgraphs), so a
-    second conversion in one process would get other names. Reset them: same model, same bytes."""
-    from skl2onnx.common import _topology, utils
-
-    _topology.Variable._UNIQUE_NUMBER_ = 0
-    utils._unique_index["subgraph"] = 0
-
-
-def to_onnx(pipeline, n_features: int, trainer: str, graph_name: str, opset: int):
-    """Convert a fitted scaler+model pipeline to an ONNX ModelProto with a float64 input."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import DoubleTensorType
-    from sklearn.pipeline import Pipeline
-
-    from vmpower.train import TREE_TRAINERS
-
-    steps = pipeline.steps
-    if trainer in TREE_TRAINERS:
-        from skl2onnx.sklapi import CastTransformer
-
-        cast = CastTransformer(dtype=np.float32).fit(np.zeros((1, n_features)))
-        steps = [steps[0], ("cast", cast), steps[1]]
-    if trainer == "XGBRegressor":
-        _register_xgboost()
-    _reset_name_counters()
-    onx = convert_sklearn(
-        Pipeline(steps),
-        initial_types=[("features", DoubleTensorType([None, n_features]))],
-        target_opset={"": opset, "ai.onnx.ml": 3},
-    )
-    onx.graph.name = graph_name  # skl2onnx puts a random UUID here
-    return onx
-
-
-def onnx_predict(model_bytes: bytes, X: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
-    out = sess.run(None, {sess.get_inputs()[0].name: X})[0]
-    return np.asarray(out, dtype="float64").ravel()
 
 
 def kepler_weights(pipeline, features: list[str]) -> dict:
@@ -189,6 +132,34 @@ def shared_inputs(args) -> dict:
     }
 
 
+def onnx_files(bundle: dict, holdout: pd.DataFrame, trainer: str, name: str, settings: dict):
+    """ONNX bytes per zone, each checked against the native model on the held-out rows.
+    Returns (files, check per zone, failure): failure is None, or (status, reason) when a zone's
+    ONNX differs by more than export.max_abs_diff_watts (onnx_mismatch: no file is kept) or
+    cannot be converted or run (onnx_failed). Either fails this model only."""
+    features, limit = bundle["features"], float(settings["max_abs_diff_watts"])
+    X = holdout[features].to_numpy("float64")
+    files, info = {}, {}
+    for zone in bundle["zones"]:
+        pipe = bundle["models"][zone]
+        try:
+            data = to_onnx(pipe, len(features), trainer, f"{name}_{zone}", int(settings["onnx_opset"])).SerializeToString()
+            diff = float(np.max(np.abs(onnx_predict(data, X) - pipe.predict(X)))) if len(X) else 0.0
+        except Exception as exc:  # noqa: BLE001 - a converter/runtime failure fails this model, not the job
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return {}, info, ("onnx_failed", f"ONNX {zone} model: {type(exc).__name__}: {why}"[:300])
+        files[f"{zone}.onnx"] = data
+        info[zone] = {"file": f"{zone}.onnx", "max_abs_diff_watts": diff, "checked_rows": int(len(X))}
+    bad = [z for z, v in info.items() if not v["max_abs_diff_watts"] <= limit]  # NaN fails too
+    if bad:
+        worst = max(bad, key=lambda z: np.nan_to_num(info[z]["max_abs_diff_watts"], nan=np.inf))
+        for zone in info:
+            info[zone]["file"] = None
+        return {}, info, ("onnx_mismatch", f"ONNX {worst} model differs from the native model by "
+                                           f"{info[worst]['max_abs_diff_watts']:.3g} W on held-out rows (limit {limit:g} W)")
+    return files, info, None
+
+
 def build_model(spec: dict, args, settings: dict, shared: dict) -> tuple[dict, dict[str, bytes]]:
     """metadata.json and every file of one model's archive, in memory (nothing is written):
     ``spec`` names its trainer and its train outputs (model, metrics, holdout); ``shared`` is
@@ -222,21 +193,8 @@ def build_model(spec: dict, args, settings: dict, shared: dict) -> tuple[dict, d
     files: dict[str, bytes] = {}
     dataset = shared["dataset"]
     if report["status"] == "trained":
-        X = holdout[features].to_numpy("float64")
-        onnx_info = {}
-        for zone in zones:
-            pipe = bundle["models"][zone]
-            onx = to_onnx(pipe, len(features), trainer, f"{name}_{zone}", int(settings["onnx_opset"]))
-            data = onx.SerializeToString()
-            diff = float(np.max(np.abs(onnx_predict(data, X) - pipe.predict(X)))) if len(X) else 0.0
-            if not diff <= float(settings["max_abs_diff_watts"]):
-                raise InputError(
-                    spec["model"],
-                    f"ONNX {zone} model differs from the native model by {diff:.3g} W on held-out rows "
-                    f"(limit {settings['max_abs_diff_watts']} W)",
-                )
-            files[f"{zone}.onnx"] = data
-            onnx_info[zone] = {"file": f"{zone}.onnx", "max_abs_diff_watts": diff, "checked_rows": int(len(X))}
+        onnx, onnx_info, failure = onnx_files(bundle, holdout, trainer, name, settings)
+        files.update(onnx)
         metrics = report["metrics"]
         metadata.update(
             {
@@ -249,12 +207,17 @@ def build_model(spec: dict, args, settings: dict, shared: dict) -> tuple[dict, d
                 "params": report["params"],
                 # Hyperparameters chosen per zone by the search inside the training split.
                 "chosen_params": report.get("chosen_params"),
+                # Parameters the data could not take, and what the fit did to its rows (KNN).
+                "adapted_params": report.get("adapted_params") or None,
+                "final_fit": report.get("final_fit") or None,
                 "search": ({k: v for k, v in report["search"].items() if k != "per_zone"} if report.get("search") else None),
                 "onnx": onnx_info,
                 "training_data": training_data(features, report, holdout, dataset),
             }
         )
-        if TRAINERS[trainer][2]:
+        if failure:
+            metadata["status"], metadata["reason"] = failure
+        elif TRAINERS[trainer][2]:
             weights = {z: kepler_weights(bundle["models"][z], features) for z in zones}
             files["weight.json"] = dumps_json(weights).encode()
     else:
@@ -313,7 +276,8 @@ def model_specs(args) -> list[dict]:
 def cmd_export(args) -> int:
     settings = json.loads(args.settings)
     specs = model_specs(args)
-    # Every model is converted and checked before any is written: a failing check leaves no output.
+    # Every model is converted and checked before any is written: bad input leaves no output. A
+    # model failing its ONNX check is written with that status (metadata + manifest, no ONNX).
     shared = shared_inputs(args)
     built = [build_model(spec, args, settings, shared) for spec in specs]
     for spec, (meta, files) in zip(specs, built):
@@ -321,8 +285,8 @@ def cmd_export(args) -> int:
         if meta["status"] == "trained":
             worst = max(v["max_abs_diff_watts"] for v in meta["onnx"].values())
             print(f"exported {meta['model_name']} ({len(meta['zones'])} zones, max |onnx - native| {worst:.2g} W)")
-        else:
-            print(f"exported {meta['model_name']} as skipped: {meta.get('reason')}")
+        else:  # recorded, never selected (export.best_models, predict, gate read only trained models)
+            print(f"exported {meta['model_name']} as {meta['status']}: {meta.get('reason')}")
     return 0
 
 
@@ -330,21 +294,24 @@ def cmd_export(args) -> int:
 
 
 def summary_rows(model_dirs: list[str]) -> pd.DataFrame:
+    """One row per model and zone (held-out metrics, ONNX check); a model that was not trained
+    has one row with its status. ``reason`` says why a model is not usable (status != trained)."""
     rows = []
     for d in model_dirs:
         meta = json.loads((Path(d) / "metadata.json").read_text())
         base = {k: meta[k] for k in ("node_type", "output_type", "feature_group")}
         base["trainer"] = meta["trainer"].removesuffix("Trainer")
         base["archive"] = Path(d).as_posix() + ".zip"
-        if meta["status"] != "trained":
-            rows.append({**base, "zone": None, "status": meta["status"]})
+        base["status"] = meta["status"]
+        base["reason"] = meta.get("reason")
+        if not meta.get("metrics"):
+            rows.append({**base, "zone": None})
             continue
         for zone, m in meta["metrics"].items():
             rows.append(
                 {
                     **base,
                     "zone": zone,
-                    "status": "trained",
                     "mae": m["mae"],
                     "mape": m["mape"],
                     "rmse": m["rmse"],
@@ -354,12 +321,15 @@ def summary_rows(model_dirs: list[str]) -> pd.DataFrame:
                     "onnx_max_abs_diff": meta["onnx"][zone]["max_abs_diff_watts"],
                 }
             )
-    df = pd.DataFrame(rows)
+    cols = ["node_type", "output_type", "feature_group", "trainer", "zone", "status", "mae", "mape", "rmse", "r2",
+            "heldout_rows", "n_features", "onnx_max_abs_diff", "reason", "archive"]
+    df = pd.DataFrame(rows).reindex(columns=cols)
     return df.sort_values(["node_type", "output_type", "feature_group", "trainer", "zone"], na_position="first").reset_index(drop=True)
 
 
 def best_models(df: pd.DataFrame) -> pd.DataFrame:
-    """Best trainer per node_type x output type x feature group: lowest mean held-out MAE over zones."""
+    """Best trainer per node_type x output type x feature group: lowest mean held-out MAE over zones,
+    among the models that exported fine (status trained: not skipped, not onnx_mismatch)."""
     trained = df[df["status"] == "trained"]
     keys = ["node_type", "output_type", "feature_group"]
     means = trained.groupby(keys + ["trainer"], as_index=False)["mae"].mean()

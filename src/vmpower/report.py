@@ -72,11 +72,22 @@ def render(summary: pd.DataFrame, best: dict, datasets: dict[str, dict], isolati
     cols = ["node_type", "output_type", "feature_group", "trainer", "zone", "mae", "mape", "rmse", "r2"]
     trained = summary[summary["status"] == "trained"][cols] if "status" in summary else summary
     out += [_table(trained), ""]
-    skipped = summary[summary["status"] != "trained"] if "status" in summary else summary.iloc[0:0]
-    if len(skipped):
-        out += ["Skipped (no usable features): " + ", ".join(
-            f"{r.node_type}/{r.output_type}/{r.feature_group}/{r.trainer}" for r in skipped.itertuples()), ""]
+    failed = unusable_models(summary)
+    if len(failed):
+        out += ["## Models not exported as ONNX (never selected)", "",
+                _table(failed[["node_type", "output_type", "feature_group", "trainer", "status", "reason"]]), ""]
     return "\n".join(out)
+
+
+def unusable_models(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per model whose status is not trained (skipped, train_failed, onnx_mismatch, ...)
+    with its reason."""
+    if "status" not in summary:
+        return summary.iloc[0:0]
+    keys = ["node_type", "output_type", "feature_group", "trainer"]
+    failed = summary[summary["status"] != "trained"].drop_duplicates(keys).copy()
+    failed["reason"] = failed["reason"].fillna("") if "reason" in failed else ""
+    return failed.sort_values(keys, kind="stable")
 
 
 def cmd_report(args) -> int:
@@ -406,7 +417,7 @@ def cmd_models(args) -> int:
             bundle = joblib.load(path)
             feats = list(bundle["features"])
             imp = np.zeros(len(feats))
-            for zone in bundle["zones"]:
+            for zone in bundle["models"]:  # none when the trainer was skipped
                 est = bundle["models"][zone].steps[-1][1]
                 v = np.asarray(est.feature_importances_, dtype="float64")
                 imp += v / v.sum() if v.sum() > 0 else v
@@ -451,10 +462,12 @@ def cmd_models(args) -> int:
             left=3,
             row_classes=["best" if (ot, r.feature_group, r.trainer) in best_keys else "" for r in part.itertuples()],
         ))
-    skipped = summary[summary["status"] != "trained"]
-    if len(skipped):
-        body.append("<p>Skipped (no usable features): " + ", ".join(
-            _esc(f"{r.output_type}/{r.feature_group}/{r.trainer}") for r in skipped.itertuples()) + "</p>")
+    failed = unusable_models(summary)
+    if len(failed):
+        body.append("<h2>Models not exported as ONNX (never selected)</h2>")
+        body.append(html_table(["output type", "feature group", "trainer", "status", "reason"],
+                               [[r.output_type, r.feature_group, r.trainer, r.status, r.reason]
+                                for r in failed.itertuples()], left=5))
     write_text(html_page(f"{nt}: held-out metrics of all trainers and feature groups", body), args.metrics_table)
     return 0
 

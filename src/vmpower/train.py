@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import importlib
 import json
 
 import numpy as np
@@ -18,34 +17,9 @@ import pandas as pd
 
 from vmpower.errors import InputError
 from vmpower.io import atomic_path, write_json, write_parquet
+from vmpower.trainers import TRAINERS, TREE_TRAINERS, fit_notes, fit_pipeline, make_pipeline  # noqa: F401 (train.TRAINERS)
 
-# Trainer name -> (module, class, is linear, takes random_state, takes n_jobs)
-TRAINERS = {
-    "LinearRegression": ("sklearn.linear_model", "LinearRegression", True, False, False),
-    "SGDRegressor": ("sklearn.linear_model", "SGDRegressor", True, True, False),
-    "GradientBoostingRegressor": ("sklearn.ensemble", "GradientBoostingRegressor", False, True, False),
-    "XGBRegressor": ("xgboost", "XGBRegressor", False, True, True),
-    "KNeighborsRegressor": ("sklearn.neighbors", "KNeighborsRegressor", False, False, True),
-}
-TREE_TRAINERS = {"GradientBoostingRegressor", "XGBRegressor"}
 META_COLUMNS = {"run_id", "time", "t_rel", "time_delta_seconds", "stress_workload", "n_host_samples", "time_diff"}
-
-
-def make_pipeline(trainer: str, params: dict, seed: int):
-    """StandardScaler + estimator, single-threaded so results do not depend on core count."""
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if trainer not in TRAINERS:
-        raise ValueError(f"unknown trainer {trainer!r}; known: {', '.join(TRAINERS)}")
-    module, cls, _linear, seeded, threaded = TRAINERS[trainer]
-    kwargs = dict(params)
-    if seeded:
-        kwargs["random_state"] = seed
-    if threaded:
-        kwargs["n_jobs"] = 1
-    estimator = getattr(importlib.import_module(module), cls)(**kwargs)
-    return Pipeline([("scaler", StandardScaler()), ("model", estimator)])
 
 
 # ---------------------------------------------------------------- features
@@ -169,30 +143,38 @@ def param_grid(base: dict, grid: dict) -> list[dict]:
     return [{**base, **dict(zip(keys, c))} for c in combos]
 
 
-def search_params(trainer, candidates, seed, X, y, groups, n_folds, max_rows) -> tuple[dict, list]:
-    """Pick the candidate with the lowest mean MAE over run-grouped inner folds of (X, y) (the
-    rows of one training split only; at most ``max_rows`` evenly spaced rows to fit and to score
-    per inner fold). Ties go to the earlier candidate. Returns (params, scores)."""
-    if len(candidates) == 1:
-        return candidates[0], []
+def inner_folds(groups: np.ndarray, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, scoring rows) of the search's inner folds: run-grouped, or with one run its
+    last 20 % by time (rows are time-ordered within a run). Folds that would leave either side
+    empty (too few rows) are not formed."""
+    n = len(groups)
     runs = np.unique(groups)
     if len(runs) >= 2:
         k = min(len(runs), max(int(n_folds), 2))
         fold_of_row = np.searchsorted(runs, groups) % k
-    else:  # one run: its last part by time (rows are time-ordered within a run)
-        k, fold_of_row = 1, np.where(np.arange(len(y)) >= 0.8 * len(y), 0, -1)
+    else:
+        k, fold_of_row = 1, np.where(np.arange(n) >= 0.8 * n, 0, -1)
+    out = [(np.flatnonzero(fold_of_row != f), np.flatnonzero(fold_of_row == f)) for f in range(k)]
+    return [(tr, te) for tr, te in out if len(tr) and len(te)]
+
+
+def search_params(trainer, candidates, seed, X, y, groups, n_folds, max_rows) -> tuple[dict, list]:
+    """Pick the candidate with the lowest mean MAE over run-grouped inner folds of (X, y) (the
+    rows of one training split only; at most ``max_rows`` evenly spaced rows to fit and to score
+    per inner fold). Ties go to the earlier candidate; with no inner fold to score on (too few
+    rows), the first candidate. Returns (params, scores)."""
+    folds = inner_folds(groups, n_folds)
+    if len(candidates) == 1 or not folds:
+        return candidates[0], []
     scores = []
     for params in candidates:
         errs = []
-        for f in range(k):
-            test = fold_of_row == f
-            tr = np.flatnonzero(~test)
+        for tr, te in folds:
             tr = tr[even_subsample(len(tr), max_rows)]
             # Scoring rows are capped like training rows: the search only ranks candidates, and
             # predicting every inner held-out row dominates for KNN on large data sets.
-            te = np.flatnonzero(test)
             te = te[even_subsample(len(te), max_rows)]
-            model = make_pipeline(trainer, params, seed).fit(X[tr], y[tr])
+            model, _ = fit_pipeline(trainer, params, seed, X[tr], y[tr])
             errs.append(float(np.abs(model.predict(X[te]) - y[te]).mean()))
         scores.append(float(np.mean(errs)))
     return candidates[int(np.argmin(scores))], scores
@@ -203,7 +185,8 @@ def fit_zone(trainer, params, seed, X, y, folds, max_rows, groups=None, grid=Non
 
     With a grid, the parameters are searched inside each training split only (run-grouped
     inner folds over the training runs: held-out runs are never seen), and again over all rows
-    for the final model. Returns (final model, predictions, search report)."""
+    for the final model. Parameters adapt to the rows of each fit (trainers.adapt_params).
+    Returns (final model, predictions, search report)."""
     candidates = param_grid(params, grid or {})
     groups = np.zeros(len(y), dtype="int64") if groups is None else groups
     search_rows = int(search_rows) or int(max_rows)
@@ -218,14 +201,34 @@ def fit_zone(trainer, params, seed, X, y, folds, max_rows, groups=None, grid=Non
                                 search_folds, search_rows)
         chosen_per_fold.append({k: best[k] for k in sorted(grid or {})})
         train_idx = train_idx[even_subsample(len(train_idx), max_rows)]
-        model = make_pipeline(trainer, best, seed).fit(X[train_idx], y[train_idx])
+        model, _ = fit_pipeline(trainer, best, seed, X[train_idx], y[train_idx])
         pred[test] = model.predict(X[test])
     best, scores = search_params(trainer, candidates, seed, X, y, groups, search_folds, search_rows)
     final_idx = even_subsample(len(y), max_rows)
-    final = make_pipeline(trainer, best, seed).fit(X[final_idx], y[final_idx])
-    search = {"params": best, "per_fold": chosen_per_fold,
+    final, adapted = fit_pipeline(trainer, best, seed, X[final_idx], y[final_idx])
+    search = {"params": best, "per_fold": chosen_per_fold, "adapted": adapted, "fit": fit_notes(final),
               "final_scores": [{"params": {k: c[k] for k in sorted(grid or {})}, "mae": sc} for c, sc in zip(candidates, scores)]}
     return final, pred, search
+
+
+def fit_zones(trainer, data, features, folds, settings) -> tuple[dict, dict, dict, dict]:
+    """fit_zone for every power_<zone> column. Returns (models, metrics, search per zone,
+    held-out labels and predictions per zone)."""
+    X = data[features].to_numpy("float64")
+    params = dict(settings.get("params", {}).get(trainer, {}))
+    grid = dict((settings.get("search") or {}).get(trainer, {}))
+    groups = pd.factorize(data["run_id"], sort=True)[0].astype("int64")
+    held = folds >= 0
+    models, metrics, searched, columns = {}, {}, {}, {}
+    for zone in [c.removeprefix("power_") for c in data.columns if c.startswith("power_")]:
+        y = data[f"power_{zone}"].to_numpy("float64")
+        models[zone], pred, searched[zone] = fit_zone(
+            trainer, params, int(settings["seed"]), X, y, folds, int(settings.get("max_train_rows", 0)), groups=groups,
+            grid=grid, search_folds=int(settings.get("search_folds", 3)), search_rows=int(settings.get("search_max_rows", 0)),
+        )
+        metrics[zone] = zone_metrics(y[held], pred[held], float(settings["mape_floor_watts"]))
+        columns[f"power_{zone}"], columns[f"pred_{zone}"] = y[held], pred[held]
+    return models, metrics, searched, columns
 
 
 def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: dict, path: str) -> tuple[dict, dict, pd.DataFrame]:
@@ -235,28 +238,22 @@ def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: dict, p
     features, usable, feat_report = select_features(df, patterns, float(settings.get("max_missing_feature_fraction", 0.5)))
     data = df.loc[usable].reset_index(drop=True)
     base = {"features": features, "feature_report": feat_report, "zones": zones}
-    if not features or len(data) < 10 or data["run_id"].nunique() < 1:
-        reason = "no usable feature" if not features else f"only {len(data)} usable rows"
+    min_rows = int(settings.get("min_rows", 10))
+    if not features or len(data) < min_rows:
+        reason = "no usable feature" if not features else f"too few rows ({len(data)}, train.min_rows {min_rows})"
         return {}, {**base, "status": "skipped", "reason": reason}, pd.DataFrame()
     folds, scheme = holdout_folds(data, int(settings["max_folds"]), float(settings["holdout_fraction"]))
-    X = data[features].to_numpy("float64")
     params = dict(settings.get("params", {}).get(trainer, {}))
     grid = dict((settings.get("search") or {}).get(trainer, {}))
     seed = int(settings["seed"])
-    models, metrics, searched = {}, {}, {}
+    try:
+        models, metrics, searched, columns = fit_zones(trainer, data, features, folds, settings)
+    except ValueError as exc:  # what an estimator raises for data it cannot fit: this trainer only
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return {}, {**base, "status": "train_failed", "reason": reason[:300]}, pd.DataFrame()
     held = folds >= 0
     holdout = data.loc[held, ["run_id", "time", "t_rel", "stress_workload", *features]].reset_index(drop=True)
-    groups = pd.factorize(data["run_id"], sort=True)[0].astype("int64")
-    for zone in zones:
-        y = data[f"power_{zone}"].to_numpy("float64")
-        model, pred, searched[zone] = fit_zone(
-            trainer, params, seed, X, y, folds, int(settings.get("max_train_rows", 0)), groups=groups, grid=grid,
-            search_folds=int(settings.get("search_folds", 3)), search_rows=int(settings.get("search_max_rows", 0)),
-        )
-        models[zone] = model
-        metrics[zone] = zone_metrics(y[held], pred[held], float(settings["mape_floor_watts"]))
-        holdout[f"power_{zone}"] = y[held]
-        holdout[f"pred_{zone}"] = pred[held]
+    holdout = pd.concat([holdout, pd.DataFrame(columns)], axis=1)
     from vmpower import engineer
 
     report = {
@@ -270,6 +267,10 @@ def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: dict, p
                    "chosen": {z: v["params"] for z, v in searched.items()},
                    "per_zone": searched} if grid else None,
         "chosen_params": {z: v["params"] for z, v in searched.items()},
+        # Parameters the final model could not take on this data ({zone: {param: [asked, used]}}).
+        "adapted_params": {z: v["adapted"] for z, v in searched.items() if v["adapted"]},
+        # What the final fit did to its rows (KNN: identical vectors averaged into one point).
+        "final_fit": {z: v["fit"] for z, v in searched.items() if v["fit"]},
         "seed": seed,
         "evaluation": scheme,
         "rows_train": int(len(data)),
@@ -298,7 +299,7 @@ def cmd_train(args) -> int:
         maes = ", ".join(f"{z} {m['mae']:.3f} W" for z, m in report["metrics"].items())
         print(f"{args.trainer} {args.node_type}/{args.output_type}/{args.feature_group}: held-out MAE {maes}")
     else:
-        print(f"{args.trainer} {args.node_type}/{args.output_type}/{args.feature_group}: skipped ({report['reason']})")
+        print(f"{args.trainer} {args.node_type}/{args.output_type}/{args.feature_group}: {report['status']} ({report['reason']})")
     return 0
 
 
@@ -326,6 +327,8 @@ def cross_node_type(models: dict[str, str], metrics: dict[str, str], datasets: d
                 row = {"trained_on": src, "evaluated_on": dst, "zone": zone}
                 if src == dst:
                     row.update({"mae": own[src].get(zone), "rows": None, "kind": "held-out runs"})
+                elif zone not in bundle["models"]:  # skipped or failed in training (its metrics say why)
+                    row.update({"mae": None, "rows": 0, "kind": "not trained"})
                 elif missing or f"power_{zone}" not in df.columns:
                     row.update({"mae": None, "rows": 0,
                                 "kind": f"missing {', '.join(missing[:3]) or 'zone'}"})
