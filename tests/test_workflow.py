@@ -146,13 +146,14 @@ def test_adding_a_run_rebuilds_only_its_node_type(demo):
 
 
 def test_two_clean_builds_with_1_and_2_cores_are_byte_identical(tmp_path):
-    """--cores 1 with every step in its own interpreter, --cores 2 under the preloaded worker
-    (`make run`): the same bytes."""
+    """Plain `snakemake --cores 1` from a shell without PYTHONHASHSEED (every step in its own
+    interpreter with a random hash seed) and `--cores 2` under the preloaded worker (`make run`,
+    PYTHONHASHSEED=0): the same bytes."""
     a = make_workspace(tmp_path / "a")
     b = make_workspace(tmp_path / "b")
     small_config(a, ALL_TRAINERS)  # every trainer's ONNX and archive must be reproducible
     small_config(b, ALL_TRAINERS)
-    snakemake(a, "--cores", "1")
+    snakemake(a, "--cores", "1", hashseed=None)
     res = snakemake(b, "--cores", "2", worker=True)
     steps = int(re.search(r"vmpower worker: served (\d+) steps", res.stderr).group(1))
     jobs = int(re.search(r"(\d+) of \1 steps \(100%\) done", res.stdout + res.stderr).group(1))

@@ -33,22 +33,26 @@ def vmpower(ws: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _env(ws: Path) -> dict:
+def _env(ws: Path, hashseed: str | None = "0") -> dict:
+    """The environment of a step in ws; hashseed None leaves PYTHONHASHSEED unset (random), as
+    in a shell where `make` did not export it."""
     import os
 
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ws / "src")  # the copy's code, not the checkout's
-    env["PYTHONHASHSEED"] = "0"
+    env.pop("PYTHONHASHSEED", None)
+    if hashseed is not None:
+        env["PYTHONHASHSEED"] = hashseed
     return env
 
 
 def snakemake(ws: Path, *args: str, check: bool = True, timeout: int = 1800,
-              worker: bool = False) -> subprocess.CompletedProcess:
+              worker: bool = False, hashseed: str | None = "0") -> subprocess.CompletedProcess:
     """snakemake in ws; with worker=True under `vmpower worker run` (as `make run` does)."""
     cmd = [sys.executable, "-m", "snakemake", *args]
     if worker:
         cmd = [sys.executable, "-m", "vmpower", "worker", "run", "--", *cmd]
-    res = subprocess.run(cmd, cwd=ws, capture_output=True, text=True, timeout=timeout, env=_env(ws))
+    res = subprocess.run(cmd, cwd=ws, capture_output=True, text=True, timeout=timeout, env=_env(ws, hashseed))
     if check and res.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
     return res

@@ -158,7 +158,7 @@ class Model:
         except ValueError as exc:
             raise InputError(path, f"metadata.json is not valid JSON ({exc})") from None
         if not usable_status(meta):
-            raise InputError(path, f"model was not trained (status {meta.get('status')}: {meta.get('reason')})")
+            raise InputError(path, f"model is not usable (status {meta.get('status')}: {meta.get('reason')})")
         features, zones = meta.get("features"), meta.get("zones")
         if not features or not isinstance(features, list) or not all(isinstance(f, str) for f in features):
             raise InputError(path, "metadata.json has no feature list")
