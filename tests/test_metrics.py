@@ -81,7 +81,7 @@ def _export_cli(dirs: dict, out, settings):
 def test_a_model_failing_its_onnx_check_is_recorded_never_selected_and_takes_no_other_down(tmp_path, capsys):
     import zipfile
 
-    from vmpower import gate, predict
+    from vmpower import gate, predict, selection
     from vmpower.errors import InputError
 
     rng = np.random.default_rng(3)
@@ -121,7 +121,7 @@ def test_a_model_failing_its_onnx_check_is_recorded_never_selected_and_takes_no_
     with pytest.raises(InputError) as err:
         predict.Model.load(gbr)
     assert "onnx_mismatch" in str(err.value) and "\n" not in str(err.value)
-    table, _ = predict.best_table(out)
+    table, _ = selection.best_table(out)
     assert table["nt"]["AbsPower"]["Full"]["trainer"] == "LinearRegression"
     # summary.csv records it with its difference; best.json and the gate never pick it.
     summary, best = tmp_path / "summary.csv", tmp_path / "best.json"
