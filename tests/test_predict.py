@@ -231,13 +231,13 @@ def test_tampered_zip_is_refused_and_cli_prints_one_line(art, tmp_path, capsys):
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for info in zin.infolist():
             data = zin.read(info)
-            if info.filename == "weight.json":
-                data = data.replace(b'"Bias_Weight": ', b'"Bias_Weight": 1')
+            if info.filename == "metadata.json":
+                data = data.replace(b'"mae": ', b'"mae": 1')
             zout.writestr(info, data)
     code = cli.main(["predict", "--model", str(dst), "--input", str(art["vm_files"]["run02-mix"]),
                      "--config", str(art["config"])])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[-1] == f"vmpower predict: error: {dst}: weight.json does not match its sha256 in manifest.sha256 (file changed)"
+    assert code == 2 and err[-1] == f"vmpower predict: error: {dst}: metadata.json does not match its sha256 in manifest.sha256 (file changed)"
 
 
 # ---------------------------------------------------------------- training data in metadata.json

@@ -31,6 +31,7 @@ COMMANDS = {
     "export": "vmpower.export",
     "select": "vmpower.export",
     "summary": "vmpower.export",
+    "export-kepler-db": "vmpower.kepler_db",
     "report": "vmpower.report",
     "report-paths": "vmpower.report",
     "synth": "vmpower.synth",

@@ -1,5 +1,6 @@
 """Export trained models: one ONNX file per zone (scaler + model), checked against the native
-model with onnxruntime, packed into a Kepler-compatible archive; then pick the best models.
+model with onnxruntime, packed into a zip archive with Kepler v0.7's weight.json where Kepler
+can read one (kepler_weights.py; kepler_db.py exports for kepler-model-server); then pick the best models.
 
 ONNX inputs are float64, like the native pipelines (conversion: vmpower.onnx_convert). A model
 whose ONNX files do not reproduce it is exported with status onnx_mismatch (metadata and
@@ -31,22 +32,6 @@ def model_name(trainer: str, node_type: str) -> str:
     return f"{trainer}Trainer_{node_type}"
 
 
-def kepler_weights(pipeline, features: list[str]) -> dict:
-    """Kepler's All_Weights for a linear model. The standard scaler's mean is folded into the
-    bias so that power = bias + sum(weight * x / scale) holds with mean 0."""
-    scaler, model = pipeline.named_steps["scaler"], pipeline.named_steps["model"]
-    coef = np.ravel(model.coef_)
-    bias = float(np.ravel(model.intercept_)[0] - np.sum(coef * scaler.mean_ / scaler.scale_))
-    return {
-        "All_Weights": {
-            "Bias_Weight": bias,
-            "Categorical_Variables": {},
-            "Numerical_Variables": {
-                f: {"scale": float(s), "mean": 0.0, "variance": float(s * s), "weight": float(w)}
-                for f, s, w in zip(features, scaler.scale_, coef)
-            },
-        }
-    }
 
 
 def write_zip(src_dir: Path, zip_path: Path, date_time: tuple) -> None:
@@ -218,8 +203,18 @@ def build_model(spec: dict, args, settings: dict, shared: dict) -> tuple[dict, d
         if failure:
             metadata["status"], metadata["reason"] = failure
         elif TRAINERS[trainer][2]:
-            weights = {z: kepler_weights(bundle["models"][z], features) for z in zones}
-            files["weight.json"] = dumps_json(weights).encode()
+            # Kepler v0.7's weight.json, in Kepler's feature names, or the reason there is none.
+            from vmpower.kepler_weights import WEIGHT_FILE, kepler_weight_json
+
+            ranges = metadata["training_data"].get("feature_ranges")
+            weights, why = kepler_weight_json(bundle["models"], features, zones, name, ranges)
+            metadata["kepler_weight_file"] = WEIGHT_FILE if weights else None
+            metadata["kepler_weight_reason"] = why
+            if weights:
+                files[WEIGHT_FILE] = dumps_json(weights).encode()
+        else:
+            metadata["kepler_weight_file"] = None
+            metadata["kepler_weight_reason"] = "not a linear model (Kepler v0.7 reads weights of linear models only)"
     else:
         metadata["reason"] = report.get("reason")
     metadata["feature_report"] = report["feature_report"]
@@ -379,7 +374,7 @@ def cmd_summary(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export trained models to ONNX + Kepler-compatible archives "
+    p = sub.add_parser("export", help="export trained models to ONNX archives "
                                       "(one node_type, output type and feature group; one or more trainers)")
     p.add_argument("--trainer", nargs="+", required=True)
     p.add_argument("--model", nargs="+", required=True, help="model.joblib per trainer (same order)")
