@@ -1,5 +1,4 @@
 # Config validation, run discovery, input functions and wildcard constraints.
-import glob
 import json
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from vmpower import runtime  # noqa: E402
+from vmpower import layout, runtime  # noqa: E402
 
 RAW = config["raw_dir"]
 RES = config["results_dir"]
@@ -30,41 +29,41 @@ if config["runtime"] == "local" and "apptainer" in _SDM:
 elif config["runtime"] == "local" and "conda" in _SDM:
     config["runtime"] = "conda"
 
-# The command that runs one vmpower step: locally, or inside the pinned image.
+# The command that runs one vmpower step: locally, or inside the pinned image. A shell prefix
+# quoted by runtime.command, the one field the rules' shell commands leave unquoted: every
+# other field is written {...:q} (a path from data/raw is never read by the shell).
 VMPOWER = runtime.command(config, "pipeline")
 PIPELINE_IMAGE = runtime.container_ref(config, "pipeline")
 # For `--sdm conda` (with runtime=conda): the same locked packages, installed by conda + pip.
 CONDA_ENV = "../envs/pipeline.conda.yaml"
 
 
-def discover_runs(raw_dir):
-    """{node_type: {run_id: {"vm": file, "bm": file}}} from <raw_dir>/<node_type>/<run_id>/."""
-    runs = {}
-    for run_dir in sorted(Path(raw_dir).glob("*/*/")):
-        if not run_dir.is_dir() or run_dir.name.startswith("."):
-            continue
-        vm = sorted(glob.glob(f"{run_dir}/vm_features_*.json") + glob.glob(f"{run_dir}/vm_features_*.jsonl"))
-        bm = sorted(glob.glob(f"{run_dir}/bm_power_*.csv") + glob.glob(f"{run_dir}/bm_power_*.json"))
-        if not vm and not bm:
-            continue
-        if len(vm) != 1 or len(bm) != 1:
-            raise WorkflowError(
-                f"{run_dir}: a run needs exactly one vm_features_*.json and one bm_power_*.csv|json "
-                f"(found {len(vm)} and {len(bm)})"
-            )
-        runs.setdefault(run_dir.parent.name, {})[run_dir.name] = {"vm": vm[0], "bm": bm[0]}
-    return runs
-
-
-RUNS = discover_runs(RAW)
-NODE_TYPES = sorted(RUNS)
-if not NODE_TYPES:
+# Runs and layout problems (src/vmpower/layout.py). A problem (a missing or second VM/host file,
+# a directory name that is not a valid wildcard) never stops planning: the run gets a failing
+# check_layout job instead (rules/merge.smk) that its node_type's dataset waits for, so with
+# --keep-going every other node_type still builds; NODE_TYPES (the aggregates) leaves it out.
+LAYOUT = layout.discover(RAW)
+RUNS = LAYOUT.runs
+BROKEN_NODE_TYPES = LAYOUT.broken_node_types()
+NODE_TYPES = sorted(set(RUNS) - set(BROKEN_NODE_TYPES))
+# Every node_type with a valid name: its models are requested even when one of its runs is
+# broken (they fail with that run, and build once it is fixed); its report files are not.
+ALL_NODE_TYPES = sorted(set(RUNS) | set(BROKEN_NODE_TYPES))
+for _err in LAYOUT.problems.values():
+    sys.stderr.write(f"vmpower: layout problem (its node_type is not built): {_err}\n")
+if not RUNS and not LAYOUT.problems:
     sys.stderr.write(f"vmpower: no runs under {RAW}/<node_type>/<run_id>/ (try `make demo-data`)\n")
 
 
+def layout_checks(wildcards=None):
+    """The check_layout outputs of the broken runs (of wildcards.node_type, or all of them)."""
+    return [f"{RES}/layout/{nt}/{run}.ok" for nt, run in sorted(LAYOUT.problems)
+            if wildcards is None or nt == wildcards.node_type]
+
+
 wildcard_constraints:
-    node_type="[A-Za-z0-9][A-Za-z0-9_.-]*",
-    run_id="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    node_type=layout.NAME,
+    run_id=layout.NAME,
     output_type="|".join(OUTPUT_TYPES),
     feature_group="|".join(FEATURE_GROUPS),
     trainer="|".join(TRAINERS),
@@ -102,24 +101,34 @@ def settings_json(*sections, **extra):
 # ---------------------------------------------------------------- input functions
 
 
+def _run_file(wildcards, kind):
+    run = RUNS.get(wildcards.node_type, {}).get(wildcards.run_id)
+    if run is None:  # a merged file of a broken or absent run, asked for by name
+        key = (wildcards.node_type, wildcards.run_id)
+        raise WorkflowError(str(LAYOUT.problems.get(key, f"{RAW}/{key[0]}/{key[1]}: no such run")))
+    return run[kind]
+
+
 def run_vm_file(wildcards):
-    return RUNS[wildcards.node_type][wildcards.run_id]["vm"]
+    return _run_file(wildcards, "vm")
 
 
 def run_bm_file(wildcards):
-    return RUNS[wildcards.node_type][wildcards.run_id]["bm"]
+    return _run_file(wildcards, "bm")
 
 
 def merged_runs(wildcards):
-    return [f"{RES}/merged/{wildcards.node_type}/{r}.parquet" for r in sorted(RUNS[wildcards.node_type])]
+    return [f"{RES}/merged/{wildcards.node_type}/{r}.parquet" for r in sorted(RUNS.get(wildcards.node_type, {}))]
 
 
 def merged_quality(wildcards):
-    return [f"{RES}/merged/{wildcards.node_type}/{r}.quality.json" for r in sorted(RUNS[wildcards.node_type])]
+    return [f"{RES}/merged/{wildcards.node_type}/{r}.quality.json" for r in sorted(RUNS.get(wildcards.node_type, {}))]
 
 
 def machine_specs(wildcards):
-    return sorted(glob.glob(f"{RAW}/{wildcards.node_type}/*/machine_spec.json"))
+    """The optional machine_spec.json of the node_type's valid runs."""
+    runs = RUNS.get(wildcards.node_type, {})
+    return [str(p) for p in (Path(runs[r]["dir"]) / "machine_spec.json" for r in sorted(runs)) if p.is_file()]
 
 
 def export_isolation(wildcards):
@@ -156,8 +165,8 @@ def train_settings(wildcards):
 
 
 def exported_metadata(node_types=None, suffix=""):
-    return expand(MODEL_PATH + suffix, node_type=node_types or NODE_TYPES, output_type=OUTPUT_TYPES,
-                  feature_group=FEATURE_GROUPS, trainer=TRAINERS)
+    return expand(MODEL_PATH + suffix, node_type=NODE_TYPES if node_types is None else node_types,
+                  output_type=OUTPUT_TYPES, feature_group=FEATURE_GROUPS, trainer=TRAINERS)
 
 
 def node_type_models(wildcards):
@@ -165,24 +174,25 @@ def node_type_models(wildcards):
     return exported_metadata([wildcards.node_type])
 
 
-def exported_archives():
-    return exported_metadata(suffix=".zip")
+def exported_archives(node_types):
+    return exported_metadata(node_types, suffix=".zip")
 
 
-def provenance_records():
+def provenance_records(node_types=None):
     """Every job's provenance record (the image it ran in), for the final image check."""
-    out = [f"{RES}/provenance/merge/{nt}/{r}.json" for nt in NODE_TYPES for r in sorted(RUNS[nt])]
-    out += [f"{RES}/provenance/{stage}/{nt}.json" for stage in ("dataset", "isolate") for nt in NODE_TYPES]
+    node_types = NODE_TYPES if node_types is None else node_types
+    out = [f"{RES}/provenance/merge/{nt}/{r}.json" for nt in node_types for r in sorted(RUNS.get(nt, {}))]
+    out += [f"{RES}/provenance/{stage}/{nt}.json" for stage in ("dataset", "isolate") for nt in node_types]
     out += [f"{RES}/provenance/cross_node_type.json"] if NODE_TYPES else []
     out += [
         f"{RES}/provenance/train/{nt}/{ot}/{fg}/{tr}.json"
-        for nt in NODE_TYPES
+        for nt in node_types
         for ot in OUTPUT_TYPES
         for fg in FEATURE_GROUPS
         for tr in TRAINERS
     ]
-    out += [f"{RES}/provenance/export/{nt}/{ot}/{fg}.json" for nt in NODE_TYPES for ot in OUTPUT_TYPES for fg in FEATURE_GROUPS]
-    out += [f"{RES}/provenance/select/{nt}.json" for nt in NODE_TYPES]
+    out += [f"{RES}/provenance/export/{nt}/{ot}/{fg}.json" for nt in node_types for ot in OUTPUT_TYPES for fg in FEATURE_GROUPS]
+    out += [f"{RES}/provenance/select/{nt}.json" for nt in node_types]
     return out + [f"{RES}/provenance/select.json"]
 
 
@@ -212,18 +222,21 @@ def cross_inputs(kind):
 
 
 def all_outputs():
-    if not NODE_TYPES:
-        return []
-    return exported_archives() + [
+    """Every node_type's models (a broken run's node_type too: they fail with its check_layout
+    job); the aggregates and report files over the node_types without a layout problem."""
+    aggregates = [
         f"{RES}/summary.csv",
         f"{RES}/cross_node_type.csv",
         f"{RES}/best.json",
         f"{RES}/report.md",
         f"{RES}/provenance/images-checked.txt",
-    ] + report_outputs()  # rules/report.smk: the figures and tables of `snakemake --report`
+    ] if NODE_TYPES else []
+    # report_outputs: rules/report.smk, the figures and tables of `snakemake --report`
+    return layout_checks() + exported_archives(ALL_NODE_TYPES) + aggregates + report_outputs()
 
 
 localrules:
+    check_layout,
     export_select,
     export_summary,
     export_check_images,
@@ -249,17 +262,18 @@ def report_tree_models(wildcards):
 
 def report_raw_files(wildcards):
     nt = wildcards.node_type
-    runs = RUNS[nt]
+    runs = RUNS.get(nt, {})
     return sorted(f for r in sorted(runs) for f in (runs[r]["vm"], runs[r]["bm"])) + machine_specs(wildcards)
 
 
 def report_records(wildcards):
     nt = wildcards.node_type
-    return [p for p in provenance_records() if nt in Path(p).parts or Path(p).stem == nt]
+    return [p for p in provenance_records([nt]) if nt in Path(p).parts or Path(p).stem == nt]
 
 
 def report_outputs():
     """The per-node_type report files (rule all)."""
     names = ("quality.png", "quality.html", "heldout.png", "residuals.png", "importance.png", "metrics.html",
              "provenance.html", "provenance.json")
+    # not of a node_type with a layout problem: `snakemake --report` then works on the others
     return [f"{REPORT_DIR}/{nt}/{name}" for nt in NODE_TYPES for name in names]

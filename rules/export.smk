@@ -33,12 +33,12 @@ rule export_models:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} export --trainer {params.trainers} --model {input.models}"
-        " --metrics {input.metrics} --holdout {input.holdouts} --isolation {input.isolation}"
-        " --machine-spec {input.spec} --lock {input.lock}"
-        " --node-type {wildcards.node_type} --output-type {wildcards.output_type}"
-        " --feature-group {wildcards.feature_group} --out-dir {output.model_dirs} --archive {output.archives}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "{params.vmpower} --provenance {output.prov:q} export --trainer {params.trainers:q} --model {input.models:q}"
+        " --metrics {input.metrics:q} --holdout {input.holdouts:q} --isolation {input.isolation:q}"
+        " --machine-spec {input.spec:q} --lock {input.lock:q}"
+        " --node-type {wildcards.node_type:q} --output-type {wildcards.output_type:q}"
+        " --feature-group {wildcards.feature_group:q} --out-dir {output.model_dirs:q} --archive {output.archives:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 # The best model per output type and feature group of one node_type (so a new run of one
@@ -64,8 +64,8 @@ rule export_select:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} select --models {input.models}"
-        " --summary {output.summary} --best {output.best} > {log} 2>&1"
+        "{params.vmpower} --provenance {output.prov:q} select --models {input.models:q}"
+        " --summary {output.summary:q} --best {output.best:q} > {log:q} 2>&1"
 
 
 rule export_summary:
@@ -90,8 +90,8 @@ rule export_summary:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} summary --summaries {input.summaries} --best {input.best}"
-        " --summary-output {output.summary} --best-output {output.best} > {log} 2>&1"
+        "{params.vmpower} --provenance {output.prov:q} summary --summaries {input.summaries:q} --best {input.best:q}"
+        " --summary-output {output.summary:q} --best-output {output.best:q} > {log:q} 2>&1"
 
 
 rule export_check_images:
@@ -114,5 +114,5 @@ rule export_check_images:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} check-images --runtime {params.runtime} --lock {input.lock} --ok-file {output}"
-        " {input.prov} > {log} 2>&1"
+        "{params.vmpower} check-images --runtime {params.runtime:q} --lock {input.lock:q} --ok-file {output:q}"
+        " {input.prov:q} > {log:q} 2>&1"

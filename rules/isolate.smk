@@ -24,6 +24,6 @@ rule isolate_power:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} isolate --dataset {input.data} --node-type {wildcards.node_type}"
-        " --abs-output {output.abs} --dyn-output {output.dyn} --info {output.info}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        "{params.vmpower} --provenance {output.prov:q} isolate --dataset {input.data:q} --node-type {wildcards.node_type:q}"
+        " --abs-output {output.abs:q} --dyn-output {output.dyn:q} --info {output.info:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"

@@ -1,6 +1,31 @@
 # Stage 1: align each run's VM features with host power, then one dataset per node_type.
 
 
+# Only for a run with a layout problem (rules/common.smk): always fails, with the one line
+# naming its directory (its output is never written), and the node_type's dataset waits for it,
+# so only that node_type fails.
+rule check_layout:
+    input:
+        code=stage_sources("layout"),
+    output:
+        f"{RES}/layout/{{node_type}}/{{run_id}}.ok",
+    params:
+        vmpower=VMPOWER,
+        raw=RAW,
+    log:
+        "logs/layout/{node_type}/{run_id}.log",
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        CONDA_ENV
+    container:
+        PIPELINE_IMAGE
+    shell:
+        "{params.vmpower} check-layout {params.raw:q} --only {wildcards.node_type:q}/{wildcards.run_id:q} > {log:q} 2>&1"
+
+
 rule merge_run:
     input:
         vm=run_vm_file,
@@ -28,14 +53,15 @@ rule merge_run:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} merge --vm-features {input.vm:q} --bm-power {input.bm:q}"
-        " --output {output.data} --quality {output.quality} --settings {params.settings:q} > {log} 2>&1"
+        "{params.vmpower} --provenance {output.prov:q} merge --vm-features {input.vm:q} --bm-power {input.bm:q}"
+        " --output {output.data:q} --quality {output.quality:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule merge_dataset:
     input:
         runs=merged_runs,
         quality=merged_quality,
+        layout=layout_checks,
         code=stage_sources("merge", "engineer"),
     output:
         data=f"{RES}/datasets/{{node_type}}.parquet",
@@ -55,5 +81,5 @@ rule merge_dataset:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} merge-dataset --inputs {input.runs} --quality-inputs {input.quality}"
-        " --output {output.data} --summary {output.summary} --settings {params.settings:q} > {log} 2>&1"
+        "{params.vmpower} --provenance {output.prov:q} merge-dataset --inputs {input.runs:q} --quality-inputs {input.quality:q}"
+        " --output {output.data:q} --summary {output.summary:q} --settings {params.settings:q} > {log:q} 2>&1"

@@ -13,6 +13,8 @@ rule report_markdown:
         f"{RES}/report.md",
     params:
         vmpower=VMPOWER,
+        # a function: a string param would be read as a wildcard pattern ('{' in a file name)
+        layout_problems=lambda wildcards: [str(err) for err in LAYOUT.problems.values()],
     log:
         "logs/report/markdown.log",
     threads: 1
@@ -24,8 +26,8 @@ rule report_markdown:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} report --summary {input.summary} --best {input.best} --datasets {input.datasets}"
-        " --isolation {input.isolation} --output {output} > {log} 2>&1"
+        "{params.vmpower} report --summary {input.summary:q} --best {input.best:q} --datasets {input.datasets:q}"
+        " --isolation {input.isolation:q} --layout-problems {params.layout_problems:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule report_quality:
@@ -61,8 +63,8 @@ rule report_quality:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} report-quality --node-type {wildcards.node_type}"
-        " --quality {input.quality} --figure {output.figure} --table {output.table} > {log} 2>&1"
+        "{params.vmpower} --provenance {output.prov:q} report-quality --node-type {wildcards.node_type:q}"
+        " --quality {input.quality:q} --figure {output.figure:q} --table {output.table:q} > {log:q} 2>&1"
 
 
 rule report_models:
@@ -117,11 +119,11 @@ rule report_models:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} report-models --node-type {wildcards.node_type}"
-        " --summary {input.summary} --best {input.best} --holdouts {input.holdouts}"
-        " --tree-models {input.tree_models} --heldout-figure {output.heldout}"
-        " --residuals-figure {output.residuals} --importance-figure {output.importance}"
-        " --metrics-table {output.metrics} > {log} 2>&1"
+        "{params.vmpower} --provenance {output.prov:q} report-models --node-type {wildcards.node_type:q}"
+        " --summary {input.summary:q} --best {input.best:q} --holdouts {input.holdouts:q}"
+        " --tree-models {input.tree_models:q} --heldout-figure {output.heldout:q}"
+        " --residuals-figure {output.residuals:q} --importance-figure {output.importance:q}"
+        " --metrics-table {output.metrics:q} > {log:q} 2>&1"
 
 
 rule report_provenance:
@@ -154,6 +156,6 @@ rule report_provenance:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} report-provenance --node-type {wildcards.node_type}"
-        " --inputs {input.raw:q} --records {input.records} --locks {input.locks} --image-lock {input.image_lock}"
-        " --json {output.json} --html {output.html} > {log} 2>&1"
+        "{params.vmpower} --provenance {output.prov:q} report-provenance --node-type {wildcards.node_type:q}"
+        " --inputs {input.raw:q} --records {input.records:q} --locks {input.locks:q} --image-lock {input.image_lock:q}"
+        " --json {output.json:q} --html {output.html:q} > {log:q} 2>&1"

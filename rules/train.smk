@@ -26,10 +26,10 @@ rule train_model:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} train --dataset {input.data} --node-type {wildcards.node_type}"
-        " --output-type {wildcards.output_type} --feature-group {wildcards.feature_group}"
-        " --trainer {wildcards.trainer} --model {output.model} --metrics {output.metrics}"
-        " --holdout {output.holdout} --settings {params.settings:q} > {log} 2>&1"
+        "{params.vmpower} --provenance {output.prov:q} train --dataset {input.data:q} --node-type {wildcards.node_type:q}"
+        " --output-type {wildcards.output_type:q} --feature-group {wildcards.feature_group:q}"
+        " --trainer {wildcards.trainer:q} --model {output.model:q} --metrics {output.metrics:q}"
+        " --holdout {output.holdout:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 # How a model trained on one node_type does on the others (results/cross_node_type.csv).
@@ -57,6 +57,6 @@ rule train_cross_node_type:
     container:
         PIPELINE_IMAGE
     shell:
-        "{params.vmpower} --provenance {output.prov} train-cross --node-types {params.node_types}"
-        " --model-name {params.model}"
-        " --models {input.models} --metrics {input.metrics} --datasets {input.datasets} --output {output.csv} > {log} 2>&1"
+        "{params.vmpower} --provenance {output.prov:q} train-cross --node-types {params.node_types:q}"
+        " --model-name {params.model:q}"
+        " --models {input.models:q} --metrics {input.metrics:q} --datasets {input.datasets:q} --output {output.csv:q} > {log:q} 2>&1"

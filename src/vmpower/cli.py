@@ -37,6 +37,7 @@ COMMANDS = {
     "synth": "vmpower.synth",
     "collect": "vmpower.collect",
     "check-images": "vmpower.runtime",
+    "check-layout": "vmpower.layout",
     "predict": "vmpower.predict",
     "serve": "vmpower.predict",
     "gate": "vmpower.gate",
