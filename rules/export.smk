@@ -11,7 +11,7 @@ rule export_models:
         isolation=export_isolation,
         spec=machine_specs,
         lock="envs/pipeline.lock",
-        code=stage_sources("export", "train", "trainers", "onnx_convert"),
+        code=stage_sources("export", "train", "trainers", "onnx_convert", "kepler_weights"),
     output:
         model_dirs=directory(exported_models("")),
         archives=exported_models(".zip"),

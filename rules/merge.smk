@@ -62,7 +62,7 @@ rule merge_dataset:
         runs=merged_runs,
         quality=merged_quality,
         layout=layout_checks,
-        code=stage_sources("merge", "engineer"),
+        code=stage_sources("merge", "engineer", "counters", "vmframe", "tidy", "quality", "ingest"),
     output:
         data=f"{RES}/datasets/{{node_type}}.parquet",
         summary=f"{RES}/datasets/{{node_type}}.summary.json",

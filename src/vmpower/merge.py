@@ -640,7 +640,9 @@ def cmd_dataset(args) -> int:
         features = [c for c in data.columns if c not in ("run_id", "time", "t_rel", "time_delta_seconds",
                     "stress_workload", "n_host_samples", "time_diff") and not c.startswith("power_")
                     and pd.api.types.is_float_dtype(data[c].dtype)]
-        data, report = engineer.engineer(data, features, eng, {r: q.get("lag") for r, q in qualities.items()})
+        # Interval rows already pair each label with the interval it describes: no lag to correct.
+        lags = {r: None if q.get("alignment") == "kepler_interval" else q.get("lag") for r, q in qualities.items()}
+        data, report = engineer.engineer(data, features, eng, lags)
         data = data[[c for c in data.columns if c not in ("n_host_samples", "time_diff")] + ["n_host_samples", "time_diff"]]
         summary["engineering"] = report
         summary["rows"] = int(len(data))
