@@ -67,8 +67,10 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return res
 
 
-def build(ws: Path, cores: int) -> None:
-    run([sys.executable, "-m", "snakemake", "--cores", str(cores), "results/summary.csv", "results/best.json"], ws)
+def build(ws: Path, cores: int, overlay: Path | None = None) -> None:
+    extra = ["--configfile", "config.yaml", str(overlay.resolve())] if overlay else []
+    run([sys.executable, "-m", "snakemake", "results/summary.csv", "results/best.json", "--cores", str(cores),
+         *extra], ws)
 
 
 def kept_table(ws: Path, node_type: str) -> list[str]:
@@ -100,10 +102,10 @@ def per_run(ws: Path, node_type: str, best: pd.Series, floor: float) -> list[str
     return [f"- {run}: {v:.1f} % over {int((h['run_id'] == run).sum())} rows" for run, v in by_run.items()]
 
 
-def predict_last(ws_dir: Path, node_type: str, pairs: dict, cores: int) -> str:
+def predict_last(ws_dir: Path, node_type: str, pairs: dict, cores: int, overlay: Path | None) -> str:
     runs = sorted(pairs)
     ws = workspace(ws_dir, node_type, pairs, runs[:-1])
-    build(ws, cores)
+    build(ws, cores, overlay)
     vm = pairs[runs[-1]][0]
     res = run([sys.executable, "-m", "vmpower", "predict", "--model", "results", "--node-type", node_type,
                "--input", str(vm.resolve())], ws)
@@ -118,10 +120,11 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=Path("build/real-accuracy"))
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--overlay", type=Path, help="a config overlay (snakemake --configfile config.yaml OVERLAY)")
     args = ap.parse_args()
     pairs = find_pairs(args.data)
     ws = workspace(args.workdir.resolve() / "all", args.node_type, pairs, sorted(pairs))
-    build(ws, args.cores)
+    build(ws, args.cores, args.overlay)
     import yaml
 
     floor = yaml.safe_load((ws / "config.yaml").read_text())["train"]["mape_floor_watts"]
@@ -130,7 +133,7 @@ def main() -> int:
                      "## Leave-one-run-out package error (best first)", *models, "",
                      f"## Best ({best.output_type}/{best.feature_group}/{best.trainer}) per held-out run",
                      *per_run(ws, args.node_type, best, floor), "",
-                     "## " + predict_last(args.workdir.resolve() / "predict", args.node_type, pairs, args.cores)]))
+                     "## " + predict_last(args.workdir.resolve() / "predict", args.node_type, pairs, args.cores, args.overlay)]))
     return 0
 
 
