@@ -3,6 +3,17 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from snakemake.exceptions import WorkflowError  # noqa: E402
+from vmpower import configcheck  # noqa: E402
+
+# A YAML syntax error names the file, line and column (Snakemake's parser does not).
+if _problem := configcheck.yaml_problem("config.yaml"):
+    raise WorkflowError(_problem)
+
 
 configfile: "config.yaml"
 

@@ -6,10 +6,14 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-validate(config, "../schemas/config.schema.yaml")
-
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from vmpower import layout, runtime  # noqa: E402
+from vmpower import configcheck, layout, runtime  # noqa: E402
+
+# Strict config (issue 19): unknown keys, bad values and trainer parameters are one line naming
+# the key and the file that set it, before any job; Snakemake's validate() then fills in defaults.
+if _problem := configcheck.workflow_problem(workflow, config):
+    raise WorkflowError(_problem)
+validate(config, "../schemas/config.schema.yaml")
 
 RAW = config["raw_dir"]
 RES = config["results_dir"]

@@ -207,6 +207,8 @@ def cmd_predict(args) -> int:
     target = Path(args.output) if args.output else None
     if target is not None and target.suffix not in (".csv", ".parquet"):
         raise InputError(target, "output must end in .csv or .parquet")
+    if args.config:  # a bad config fails first, in one line
+        pr.check_file(args.config)
     # predict names its models in the output and summary: loading them is not news.
     models = resolve_chain(args, level=logging.DEBUG)
     settings = [pr.load_settings(args.config, m.metadata) for m in models]

@@ -118,12 +118,9 @@ def load_tolerance(config_path: str | None) -> dict:
     config_path = _config(config_path)
     tol = json.loads(json.dumps(DEFAULT_TOLERANCE))
     if config_path:
-        import yaml
+        from vmpower.configcheck import check_file
 
-        try:
-            cfg = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError as err:
-            raise InputError(config_path, "missing") from err
+        cfg = check_file(config_path)
         for metric, values in ((cfg.get("gate") or {}).get("tolerance") or {}).items():
             tol.setdefault(metric, {}).update(values or {})
     return tol
@@ -386,9 +383,9 @@ def cmd_changelog(args) -> int:
 def _config_baseline(config_path: str | None) -> str:
     config_path = _config(config_path)
     if config_path:
-        import yaml
+        from vmpower.configcheck import check_file
 
-        cfg = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
+        cfg = check_file(config_path)
         value = (cfg.get("gate") or {}).get("baseline")
         if value:
             return str(value)

@@ -574,10 +574,9 @@ def stack_runs(frames: dict[str, pd.DataFrame], zones_order: list[str]) -> tuple
 
 def _settings(args) -> MergeSettings:
     if args.config:
-        import yaml
+        from vmpower.configcheck import check_file
 
-        with open(args.config) as fh:
-            s = MergeSettings.from_config(yaml.safe_load(fh) or {})
+        s = MergeSettings.from_config(check_file(args.config))
     else:
         # The original tool's merge behaviour, with this project's ingest rules (which columns
         # are bookkeeping, cumulative counters or perf counters) from the bundled config.

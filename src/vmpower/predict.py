@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmpower.configcheck import check_file
 from vmpower.errors import InputError
 from vmpower.selection import DEFAULT_OUTPUT_TYPE, usable_status
 
@@ -228,8 +229,6 @@ class Model:
 def load_settings(config: str | None, metadata: dict | None = None):
     """Ingest settings (cumulative/perf/non-features): from --config when given, else from the
     model's metadata (exported since the settings are recorded there), else ./config.yaml."""
-    import yaml
-
     from vmpower.merge import MergeSettings
 
     if not config and metadata and isinstance(metadata.get("ingest"), dict):
@@ -238,8 +237,8 @@ def load_settings(config: str | None, metadata: dict | None = None):
     for p in candidates:
         if p.is_file():
             try:
-                return MergeSettings.from_config(yaml.safe_load(p.read_text()) or {})
-            except (yaml.YAMLError, TypeError) as exc:
+                return MergeSettings.from_config(check_file(p))
+            except TypeError as exc:
                 raise InputError(p, f"not a vmpower config ({' '.join(str(exc).split())[:120]})") from None
     raise InputError(candidates[0], "config not found: pass --config with the config.yaml the models were built with")
 
@@ -521,6 +520,8 @@ def cmd_serve(args) -> int:
     from vmpower.exporter import run_exporter
     from vmpower.fallback import resolve_chain
 
+    if args.config:  # a bad config fails first, in one line
+        check_file(args.config)
     models = resolve_chain(args, use_perf=not args.no_perf)
     settings = [load_settings(args.config, m.metadata) for m in models]
     if args.no_perf:

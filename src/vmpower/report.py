@@ -105,10 +105,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_paths(args) -> int:
-    import yaml
+    from vmpower.configcheck import check_file
 
-    cfg = yaml.safe_load(Path(args.config).read_text())
-    res = Path(cfg["results_dir"])
+    cfg = check_file(args.config)
+    res = Path(cfg.get("results_dir", "results"))
     print("vmpower build finished:")
     print(f"  models (ONNX + Kepler archives): {res / 'models'}/<output_type>/<feature_group>/")
     print(f"  best models:                     {res / 'best.json'}")

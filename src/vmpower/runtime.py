@@ -311,10 +311,9 @@ def check_outputs(provenance_paths, lock: dict | str | os.PathLike, runtime: str
 def _cmd_check_images(args) -> int:
     config = {}
     if args.config:
-        import yaml
+        from vmpower.configcheck import check_file
 
-        with open(args.config, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh) or {}
+        config = check_file(args.config)
     runtime = args.runtime or runtime_of(config)
     if runtime not in RUNTIMES:
         raise RuntimeUnavailable(f"--runtime must be one of {', '.join(RUNTIMES)}")

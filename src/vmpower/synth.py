@@ -107,16 +107,12 @@ def load_config(paths: str | Path | list) -> dict:
     """The synth: section of one config file or of several overlaid ones (later ones win)."""
     import yaml
 
+    from vmpower.configcheck import check_file
+
     paths = [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
     doc: dict = {}
     for path in paths:
-        try:
-            part = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise InputError(path, f"cannot read config ({exc})") from None
-        if not isinstance(part, dict):
-            raise InputError(path, "not a YAML mapping")
-        doc = _merge(doc, part)
+        doc = _merge(doc, check_file(path))  # syntax (line, column) and unknown keys, per file
     path = paths[-1] if len(paths) == 1 else ", ".join(map(str, paths))
     if not isinstance(doc.get("synth"), dict):
         raise InputError(path, "no 'synth:' section")
