@@ -65,13 +65,7 @@ class Serve:
         raise AssertionError(f"condition not met within {timeout} s; last scrape: {last}")
 
     def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.stderr = self.proc.stderr.read()
+        self.stderr = stop_process(self.proc)
         return self.proc.returncode
 
     def __enter__(self):
@@ -85,3 +79,14 @@ def series(m: dict, name: str) -> dict:
     """zone -> value of one family's samples named ``name``."""
     family = name.removesuffix("_total")
     return {s.labels["zone"]: s.value for s in m.get(family, []) if s.name == name}
+
+
+def stop_process(proc: subprocess.Popen) -> str:
+    """SIGTERM a serve process (SIGKILL after 10 s); its stderr."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return proc.stderr.read()

@@ -78,3 +78,14 @@ def write_host_json(path: Path, df: pd.DataFrame) -> Path:
                      "watts": r["total_cpu_watts_package"], "state": "running"}]
     path.write_text(json.dumps(recs))
     return path
+
+
+def merge_settings(config: dict, **over):
+    """The config's merge settings; per-sample window alignment unless a test asks for another."""
+    from vmpower import merge
+
+    over.setdefault("alignment", "window")
+    s = merge.MergeSettings.from_config(config)
+    for k, v in over.items():
+        setattr(s, k, v)
+    return s

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import host_frame, iso_local, vm_records, write_host_csv, write_vm
+from helpers import host_frame, iso_local, merge_settings, vm_records, write_host_csv, write_vm
 from vmpower import counters, merge
 from vmpower.errors import InputError
 
@@ -20,11 +20,7 @@ START = 1_757_500_000.0
 
 
 def settings(**over):
-    over.setdefault("alignment", "window")
-    s = merge.MergeSettings.from_config(CONFIG)
-    for k, v in over.items():
-        setattr(s, k, v)
-    return s
+    return merge_settings(CONFIG, **over)
 
 
 def seed_records(n=120, seed=3):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import host_frame, vm_records, write_host_csv, write_host_json, write_vm
+from helpers import host_frame, merge_settings, vm_records, write_host_csv, write_host_json, write_vm
 from vmpower import merge
 from vmpower.errors import InputError
 
@@ -16,12 +16,7 @@ CONFIG = yaml.safe_load(open("config.yaml"))
 
 
 def settings(**over):
-    """Config settings; per-sample window alignment unless a test asks for another."""
-    over.setdefault("alignment", "window")
-    s = merge.MergeSettings.from_config(CONFIG)
-    for k, v in over.items():
-        setattr(s, k, v)
-    return s
+    return merge_settings(CONFIG, **over)
 
 
 @pytest.fixture

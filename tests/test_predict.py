@@ -871,13 +871,9 @@ class Server:
         raise AssertionError(f"condition not met within {timeout} s; last scrape: {last}")
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.stderr = self.proc.stderr.read()
+        from exporter_helpers import stop_process
+
+        self.stderr = stop_process(self.proc)
         return self.proc.returncode
 
 
