@@ -274,5 +274,5 @@ def test_serve_kepler_url_oversized_answer_is_a_failed_read(huge_kepler):
     assert proc.returncode == 0, proc.stderr
     words = proc.stdout.split()
     seconds, rss_mb = float(words[1]), int(words[3]) / 1024
-    assert seconds < 3 and rss_mb < 150, proc.stdout
+    assert seconds < 5 and rss_mb < 150, (proc.stdout, proc.stderr[-500:])
     assert "max_http_response_bytes" in proc.stderr  # the log line says why

@@ -131,7 +131,11 @@ def _key_hashes(b, colons, quotes, closing) -> np.ndarray:
 def check(data, source, limits) -> None:
     """One-line InputError when JSON text is nested deeper than limits.max_json_depth or has
     more distinct keys than limits.max_columns."""
-    depth, width = measure(data, limits.max_columns, limits.max_json_depth)
+    _judge(measure(data, limits.max_columns, limits.max_json_depth), source, limits)
+
+
+def _judge(shape: tuple[int, int], source, limits) -> None:
+    depth, width = shape
     if depth > limits.max_json_depth:
         raise InputError(source, f"JSON nested {depth} levels deep, more than limits.max_json_depth "
                                  f"({limits.max_json_depth}): not a collector file")
@@ -143,15 +147,11 @@ def check(data, source, limits) -> None:
 def check_file(path: str | Path, limits) -> None:
     """``check`` on a file, read through mmap (no copy)."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        if path.stat().st_size == 0:
-            return
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            arr = np.frombuffer(mm, np.uint8)
-            try:
-                check(arr, path, limits)
-            finally:
-                del arr  # the mmap cannot close while numpy holds its buffer
+    if path.stat().st_size == 0:
+        return
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        shape = measure(mm, limits.max_columns, limits.max_json_depth)  # no view of mm outlives this
+    _judge(shape, path, limits)
 
 
 def loads(text: str | bytes, source, limits):

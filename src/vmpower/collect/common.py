@@ -146,6 +146,10 @@ def read_capped(resp, limit: int, deadline: float | None = None) -> bytes:
     while True:
         chunk = resp.read(min(1 << 16, limit + 1 - total))
         if not chunk:
+            if length.strip().isdigit() and total < int(length):  # read(n) does not raise this itself
+                import http.client
+
+                raise http.client.IncompleteRead(b"".join(chunks), int(length) - total)
             return b"".join(chunks)
         total += len(chunk)
         chunks.append(chunk)
