@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import hashlib
-import json
 import logging
 import math
 import numbers
