@@ -31,7 +31,8 @@ class Exporter:
     way kepler_vm_low_confidence_total rises. No model at all: the zone is absent."""
 
     def __init__(self, models, settings, node_name: str, *, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
-                 low_confidence: str = "report", registry=None, idle: dict[str, float] | None = None):
+                 low_confidence: str = "report", registry=None, idle: dict[str, float] | None = None,
+                 max_fields: int | None = None):
         import numpy as np
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -40,6 +41,7 @@ class Exporter:
         if low_confidence not in ("report", "drop"):
             raise ValueError(f"low_confidence must be report or drop, not {low_confidence!r}")
         self.models, self.node_name = models, node_name
+        self.max_fields = max_fields  # a live record wider than this is a failed tick (limits.max_columns)
         self.threshold, self.low_confidence = float(threshold), low_confidence
         # One feature computation per distinct ingest settings (normally one for the whole chain),
         # computing the hinge inputs of all its models.
@@ -156,6 +158,10 @@ class Exporter:
         t0 = time.perf_counter()
         for src, seconds in (durations or {}).items():
             self.collection.labels(src).set(seconds)
+        if self.max_fields is not None and len(record) > self.max_fields:
+            log.warning("sample skipped: %d fields, more than limits.max_columns (%d)", len(record), self.max_fields)
+            self.fail()
+            return {}
         prev, self._prev = self._prev, record
         if prev is None:
             self.energy.tick({}, None, _usage_ratio(record))
@@ -262,13 +268,17 @@ class _Timer:
 
 def run_exporter(models, settings, *, port: int, address: str, interval: float, node_name: str,
                  use_perf: bool, kepler_url: str | None, stop=None, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
-                 low_confidence: str = "report", idle_source=None, powercap_dir=None) -> None:
+                 low_confidence: str = "report", idle_source=None, powercap_dir=None, limits=None) -> None:
     """Collect live features every ``interval`` s with the guest collector and serve /metrics.
     ``idle_source``: the --model path, searched for the node_type's idle power (find_idle);
-    ``powercap_dir``: keep a RAPL-shaped tree of the modelled energy there (vmpower.powercap)."""
+    ``powercap_dir``: keep a RAPL-shaped tree of the modelled energy there (vmpower.powercap);
+    ``limits``: vmpower.limits.Limits (HTTP server, Kepler answers, record width)."""
     import os
 
-    from prometheus_client import disable_created_metrics, start_http_server
+    from prometheus_client import disable_created_metrics
+
+    from vmpower import limits as limits_mod
+    from vmpower import metrics_http
 
     from vmpower.collect import features as collect_features
     from vmpower.collect.common import Schedule
@@ -281,10 +291,13 @@ def run_exporter(models, settings, *, port: int, address: str, interval: float, 
         log.warning("no idle power for the node_type (%s): kepler_node_cpu_active_*/idle_* are not published", where)
     else:
         log.info("idle power per zone from %s: %s", where, ", ".join(f"{z} {w:.3g} W" for z, w in idle.items()))
-    exporter = Exporter(models, settings, node_name, threshold=threshold, low_confidence=low_confidence, idle=idle)
+    limits = limits or limits_mod.defaults()
+    exporter = Exporter(models, settings, node_name, threshold=threshold, low_confidence=low_confidence, idle=idle,
+                        max_fields=limits.max_columns)
     tree = PowercapTree(powercap_dir, exporter.zones) if powercap_dir else None
     collector = collect_features.FeatureCollector(os.devnull, interval=interval, duration=None, workloads="none",
-                                                  kepler_url=kepler_url, use_perf=use_perf)
+                                                  kepler_url=kepler_url, use_perf=use_perf,
+                                                  max_http_bytes=limits.max_http_response_bytes)
     collector._start_perf()
     # Time per source: perf (waiting for perf's counts) and Kepler are collector methods; the
     # rest of a sample (/proc, psutil) is "proc".
@@ -296,7 +309,9 @@ def run_exporter(models, settings, *, port: int, address: str, interval: float, 
     if timed["kepler"]:
         collector.kepler.features = _Timer(totals, "kepler", collector.kepler.features)
     try:
-        server, thread = start_http_server(port, addr=address, registry=exporter.registry)
+        # Every change of the metrics happens in a tick below: one rendering per tick serves all scrapes.
+        ticks = [0]
+        server, thread = metrics_http.start(exporter.registry, address, port, limits, version=lambda: ticks[0])
     except OSError as exc:
         raise InputError(f"{address}:{port}", f"cannot listen ({exc.strerror or exc})") from None
     log.info("serving %s on http://%s:%d/metrics (interval %.3g s)", ", ".join(m.name for m in exporter.models),
@@ -330,6 +345,7 @@ def run_exporter(models, settings, *, port: int, address: str, interval: float, 
             finally:
                 if cur is not None and prev is not None:
                     prev = cur  # the next window starts here whatever happened to this one
+            ticks[0] += 1
             if tree is not None:
                 try:
                     tree.write(exporter.energy.snapshot_joules())

@@ -30,15 +30,15 @@ def label(model: pr.Model) -> str:
     return f"{group}/{name}" if group else name
 
 
-def load_model(path: Path, level: int = logging.INFO) -> pr.Model:
+def load_model(path: Path, level: int = logging.INFO, limits=None) -> pr.Model:
     t0 = time.perf_counter()
-    model = pr.Model.load(path)
+    model = pr.Model.load(path, limits)
     log.log(level, "loaded %s (version %s, %d features, zones %s) in %.3f s", model.name, model.version,
             len(model.features), ",".join(model.zones), time.perf_counter() - t0)
     return model
 
 
-def resolve_chain(args, *, use_perf: bool = True, level: int = logging.INFO) -> list[pr.Model]:
+def resolve_chain(args, *, use_perf: bool = True, level: int = logging.INFO, limits=None) -> list[pr.Model]:
     """The chain: the selected model, then (from a results directory, unless --no-fallback) the
     node_type's best model of every other feature group by MAE. Without perf, only models whose
     features can be collected are chosen (an explicit --feature-group is kept first)."""
@@ -46,10 +46,10 @@ def resolve_chain(args, *, use_perf: bool = True, level: int = logging.INFO) -> 
     def usable(meta: dict) -> bool:
         return use_perf or not pr.perf_inputs(pr.load_settings(args.config, meta), meta.get("features") or [])
 
-    paths = resolve_paths(args, usable, level)
+    paths = resolve_paths(args, usable, level, limits)
     if getattr(args, "no_fallback", False):
         paths = paths[:1]
-    models = [load_model(p, level) for p in paths]
+    models = [load_model(p, level, limits) for p in paths]
     if len(models) > 1:
         log.log(level, "fallback order: %s", " > ".join(label(m) for m in models))
     return models
@@ -119,7 +119,7 @@ def _infer(model: pr.Model, zone: str, X):
 
 
 def predict_chain(models, settings, input_path, *, threshold: float = pr.DEFAULT_CONFIDENCE_THRESHOLD,
-                  low_confidence: str = "report"):
+                  low_confidence: str = "report", limits=None):
     """(per-sample frame, summary line) for a VM features file: timestamps, ``power_<zone>``,
     ``skip_reason``, then ``model_<zone>`` (the model that answered, empty without watts).
     Raises InputError when no sample gets watts."""
@@ -128,7 +128,7 @@ def predict_chain(models, settings, input_path, *, threshold: float = pr.DEFAULT
 
     from vmpower import ingest
 
-    raw = ingest.read_vm_features(input_path)
+    raw = ingest.read_vm_features(input_path, limits)
     inputs, drop = chain_inputs(models, settings, raw)
     n = len(raw.df)
     zones = list(dict.fromkeys(z for m in models for z in m.zones))
@@ -209,11 +209,14 @@ def cmd_predict(args) -> int:
         raise InputError(target, "output must end in .csv or .parquet")
     if args.config:  # a bad config fails first, in one line
         pr.check_file(args.config)
+    from vmpower import limits as limits_mod
+
+    limits = limits_mod.load(args.config)
     # predict names its models in the output and summary: loading them is not news.
-    models = resolve_chain(args, level=logging.DEBUG)
+    models = resolve_chain(args, level=logging.DEBUG, limits=limits)
     settings = [pr.load_settings(args.config, m.metadata) for m in models]
     out, line = predict_chain(models, settings, args.input, threshold=args.confidence_threshold,
-                              low_confidence=args.low_confidence)
+                              low_confidence=args.low_confidence, limits=limits)
     if target is None:
         try:
             out.to_csv(sys.stdout, index=False, float_format="%.6f")

@@ -98,10 +98,15 @@ def _read_json_array(path: Path, start: int, end: int) -> pa.Table:
     return pa.Table.from_struct_array(rows.flatten())
 
 
-def _read_json_file(path: Path) -> tuple[pa.Table, dict]:
+def _read_json_file(path: Path, limits=None) -> tuple[pa.Table, dict]:
+    from vmpower import jsonguard
+    from vmpower import limits as limits_mod
+
     size = path.stat().st_size
     if size == 0:
         raise InputError(path, "empty file")
+    # Depth and width first: deep nesting crashes the parser, a huge width makes it crawl.
+    jsonguard.check_file(path, limits or limits_mod.defaults())
     bounds = _json_array_bounds(path, size)
     if bounds is not None:
         return _read_json_array(path, *bounds), {}
@@ -181,11 +186,12 @@ def _to_frame(table: pa.Table, drop: tuple[str, ...] = ()) -> pd.DataFrame:
     return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
-def read_vm_features(path: str | Path) -> RawTable:
+def read_vm_features(path: str | Path, limits=None) -> RawTable:
+    """``limits``: vmpower.limits.Limits (default: the built-in ones)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
-    table, notes = _read_json_file(path)
+    table, notes = _read_json_file(path, limits)
     df = _to_frame(table)
     # All-null columns come back as object dtype; they are numeric features that were absent.
     for name in df.columns:
@@ -194,12 +200,12 @@ def read_vm_features(path: str | Path) -> RawTable:
     return RawTable(path, df, notes)
 
 
-def read_host_power(path: str | Path) -> RawTable:
+def read_host_power(path: str | Path, limits=None) -> RawTable:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
     if path.suffix == ".json":
-        table, notes = _read_json_file(path)
+        table, notes = _read_json_file(path, limits)
         return RawTable(path, _to_frame(table, drop=HOST_DROP), notes)
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")

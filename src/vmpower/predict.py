@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import hashlib
-import json
 import logging
 import math
 import numbers
@@ -42,24 +41,12 @@ LIVE = Path("<live>")  # the "file" named in errors about live samples
 # ---------------------------------------------------------------- loading and integrity
 
 
-def read_artifact(path: str | Path) -> dict[str, bytes]:
-    """All files of an exported model (directory or .zip), by relative name, read once."""
-    import zipfile
+def read_artifact(path: str | Path, limits=None) -> dict[str, bytes]:
+    """All files of an exported model (directory or .zip), by relative name, read once, with
+    their sizes bounded by ``limits`` (vmpower.archive)."""
+    from vmpower.archive import read_model_files
 
-    path = Path(path)
-    if path.is_dir():
-        # Snakemake marks directory outputs with an empty .snakemake_timestamp: not a model file.
-        return {
-            p.relative_to(path).as_posix(): p.read_bytes()
-            for p in sorted(path.rglob("*"))
-            if p.is_file() and p.name != ".snakemake_timestamp"
-        }
-    if not path.exists():
-        raise InputError(path, "model not found")
-    if not zipfile.is_zipfile(path):
-        raise InputError(path, "not a model directory or .zip archive")
-    with zipfile.ZipFile(path) as zf:
-        return {i.filename: zf.read(i) for i in zf.infolist() if not i.is_dir()}
+    return read_model_files(path, limits)
 
 
 def verify_manifest(path: Path, files: dict[str, bytes]) -> str:
@@ -116,6 +103,19 @@ def _training_ranges(path: Path, meta: dict, features: list[str]):
     return lo, hi
 
 
+def _metadata(path: Path, data: bytes, limits) -> dict:
+    from vmpower import jsonguard
+    from vmpower import limits as limits_mod
+
+    try:
+        meta = jsonguard.loads(data, path, limits or limits_mod.defaults())
+    except InputError as exc:
+        raise InputError(path, f"metadata.json: {exc.problem}") from None
+    if not isinstance(meta, dict):
+        raise InputError(path, "metadata.json is not a JSON object")
+    return meta
+
+
 @dataclass
 class Model:
     """An exported, verified model: one onnxruntime session per zone."""
@@ -148,16 +148,13 @@ class Model:
         return (self.metadata.get("training_data") or {}).get("last_sample_time")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Model":
+    def load(cls, path: str | Path, limits=None) -> "Model":
         path = Path(path)
-        files = read_artifact(path)
+        files = read_artifact(path, limits)
         version = verify_manifest(path, files)
-        try:
-            meta = json.loads(files["metadata.json"])
-        except KeyError:
-            raise InputError(path, "no metadata.json") from None
-        except ValueError as exc:
-            raise InputError(path, f"metadata.json is not valid JSON ({exc})") from None
+        if "metadata.json" not in files:
+            raise InputError(path, "no metadata.json")
+        meta = _metadata(path, files["metadata.json"], limits)
         if not usable_status(meta):
             raise InputError(path, f"model is not usable (status {meta.get('status')}: {meta.get('reason')})")
         features, zones = meta.get("features"), meta.get("zones")
@@ -304,14 +301,14 @@ def model_matrix(model: Model, feats, drop, settings, source):
     return X
 
 
-def predict_file(model: Model, input_path: str | Path, settings):
+def predict_file(model: Model, input_path: str | Path, settings, limits=None):
     """Per-sample watts per zone for a VM features file (JSON array or JSON Lines)."""
     import numpy as np
     import pandas as pd
 
     from vmpower import ingest
 
-    raw = ingest.read_vm_features(input_path)
+    raw = ingest.read_vm_features(input_path, limits)
     settings = for_model(settings, model)
     feats, drop = frame_features(raw, settings)
     X = model_matrix(model, feats, drop, settings, raw.path)
@@ -522,7 +519,10 @@ def cmd_serve(args) -> int:
 
     if args.config:  # a bad config fails first, in one line
         check_file(args.config)
-    models = resolve_chain(args, use_perf=not args.no_perf)
+    from vmpower import limits as limits_mod
+
+    limits = limits_mod.load(args.config)
+    models = resolve_chain(args, use_perf=not args.no_perf, limits=limits)
     settings = [load_settings(args.config, m.metadata) for m in models]
     if args.no_perf:
         for m, s in zip(models, settings):
@@ -535,7 +535,8 @@ def cmd_serve(args) -> int:
         run_exporter(models, settings, port=args.port, address=args.address, interval=args.interval,
                      node_name=args.node_name or socket.gethostname(), use_perf=not args.no_perf,
                      kepler_url=args.kepler_url, stop=stoppers, threshold=args.confidence_threshold,
-                     low_confidence=args.low_confidence, idle_source=args.model, powercap_dir=args.powercap_dir)
+                     low_confidence=args.low_confidence, idle_source=args.model, powercap_dir=args.powercap_dir,
+                     limits=limits)
     return 0
 
 

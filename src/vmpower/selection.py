@@ -8,7 +8,6 @@ the export's checks, e.g. onnx_mismatch) are never selected."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -68,17 +67,26 @@ def _norm_processor(p) -> str:
     return " ".join(_NOISE.sub(" ", str(p or "").lower()).split())
 
 
-def read_metadata(path: Path) -> dict:
-    """metadata.json of a model dir or zip, unverified (selection only; the chosen one is verified)."""
-    import zipfile
+def read_metadata(path: Path, limits=None) -> dict:
+    """metadata.json of a model dir or zip, unverified (selection only; the chosen one is verified),
+    size- and depth-bounded by ``limits`` (default: the built-in ones)."""
+    from vmpower.archive import read_model_files
+
+    files = read_model_files(path, limits, names={"metadata.json"})
+    if "metadata.json" not in files:
+        raise InputError(path, "cannot read metadata.json (not in the model)")
+    return _json(path, files["metadata.json"], limits, "metadata.json")
+
+
+def _json(path: Path, data: bytes, limits, what: str):
+    """Bounded JSON (vmpower.jsonguard): one line naming the file on any problem."""
+    from vmpower import jsonguard
+    from vmpower import limits as limits_mod
 
     try:
-        if path.is_dir():
-            return json.loads((path / "metadata.json").read_text())
-        with zipfile.ZipFile(path) as zf:
-            return json.loads(zf.read("metadata.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise InputError(path, f"cannot read metadata.json ({exc})") from None
+        return jsonguard.loads(data, path, limits or limits_mod.defaults())
+    except InputError as exc:
+        raise InputError(path, f"cannot read {what} ({exc.problem})") from None
 
 
 def is_model_collection(path: Path) -> bool:
@@ -86,21 +94,25 @@ def is_model_collection(path: Path) -> bool:
     return path.is_dir() and not (path / "metadata.json").exists()
 
 
-def best_table(results: Path) -> tuple[dict, Path]:
+def best_table(results: Path, limits=None) -> tuple[dict, Path]:
     """{node_type: {output_type: {group: entry}}} with each entry's mae_mean, and the file named
     in errors: results/best.json, or else the best (lowest MAE) trained model per node_type,
     output type and feature group among the model directories and archives under the directory."""
     best_path = results / "best.json"
     if best_path.exists():
         try:
-            return json.loads(best_path.read_text()), best_path
-        except (OSError, ValueError) as exc:
+            data = best_path.read_bytes()
+        except OSError as exc:
             raise InputError(best_path, f"cannot read best models ({exc})") from None
+        best = _json(best_path, data, limits, "best models")
+        if not isinstance(best, dict):
+            raise InputError(best_path, "cannot read best models (not a JSON object)")
+        return best, best_path
     dirs = [p.parent for p in sorted(results.rglob("metadata.json"))]
     zips = [p for p in sorted(results.rglob("*.zip")) if p.with_suffix("") not in dirs]
     best: dict = {}
     for p in dirs + zips:
-        meta = read_metadata(p)
+        meta = read_metadata(p, limits)
         if meta.get("status") is None or not usable_status(meta) or meta.get("mae") is None:
             continue
         entry = {"trainer": str(meta.get("trainer", "")).removesuffix("Trainer"), "model_name": meta.get("model_name"),
@@ -137,7 +149,7 @@ def _model_path(results: Path, output_type: str, group: str, entry: dict) -> Pat
 
 def select_model(results: str | Path, *, node_type: str | None = None, machine_spec: dict | None = None,
                  output_type: str = DEFAULT_OUTPUT_TYPE, feature_group: str | None = None,
-                 usable=None) -> Selection:
+                 usable=None, limits=None) -> Selection:
     """The best model for a node_type, or for the node_type whose hardware matches machine_spec.
 
     Match: same processor model string (inside a VM cores/memory describe the VM, not the host);
@@ -146,7 +158,7 @@ def select_model(results: str | Path, *, node_type: str | None = None, machine_s
     accepts (e.g. computable without perf). ``fallbacks`` lists the node_type's other usable
     groups' best models by MAE."""
     results = Path(results)
-    best, where = best_table(results)
+    best, where = best_table(results, limits)
 
     def ranked(nt: str) -> list[tuple[str, Path]]:
         groups = best[nt].get(output_type) or {}
@@ -156,7 +168,7 @@ def select_model(results: str | Path, *, node_type: str | None = None, machine_s
         paths, ok, failed = [], [], {}
         for g in order:
             p = _model_path(results, output_type, g, groups[g])
-            meta = read_metadata(p)
+            meta = read_metadata(p, limits)
             if not (usable_status(groups[g]) and usable_status(meta)):  # e.g. onnx_mismatch: never served
                 failed[g] = groups[g].get("status") if not usable_status(groups[g]) else meta.get("status")
                 continue
@@ -203,7 +215,7 @@ def select_model(results: str | Path, *, node_type: str | None = None, machine_s
         except InputError as exc:  # e.g. only perf models: another node_type may still do
             skipped.append(exc)
             continue
-        spec = read_metadata(chain[0][1]).get("machine_spec") or {}
+        spec = read_metadata(chain[0][1], limits).get("machine_spec") or {}
         same = bool(spec) and _norm_processor(spec.get("processor")) == _norm_processor(machine_spec.get("processor"))
         scored.append((not same, spec_distance(machine_spec, spec), nt, chain))
     if not scored:
@@ -215,26 +227,27 @@ def select_model(results: str | Path, *, node_type: str | None = None, machine_s
     return selection(nt, chain, not miss, dist)
 
 
-def _read_spec(args) -> dict | None:
+def _read_spec(args, limits=None) -> dict | None:
     if not args.machine_spec:
         return None
     try:
-        spec = json.loads(Path(args.machine_spec).read_text())
-    except (OSError, ValueError) as exc:
+        data = Path(args.machine_spec).read_bytes()
+    except OSError as exc:
         raise InputError(args.machine_spec, f"cannot read machine spec ({exc})") from None
+    spec = _json(Path(args.machine_spec), data, limits, "machine spec")
     if not isinstance(spec, dict):
         raise InputError(args.machine_spec, "machine spec must be a JSON object")
     return spec
 
 
-def resolve_paths(args, usable=None, level: int = logging.INFO) -> list[Path]:
+def resolve_paths(args, usable=None, level: int = logging.INFO, limits=None) -> list[Path]:
     """--model DIR|ZIP, or a results dir (best.json, or model archives) plus --node-type /
     --machine-spec: the chosen model first, then its fallbacks (none for a single model).
     ``level``: of the "selected" log line (predict names its models in its output instead)."""
     path = Path(args.model)
     if is_model_collection(path):
-        sel = select_model(path, node_type=args.node_type, machine_spec=_read_spec(args), output_type=args.output_type,
-                           feature_group=args.feature_group, usable=usable)
+        sel = select_model(path, node_type=args.node_type, machine_spec=_read_spec(args, limits),
+                           output_type=args.output_type, feature_group=args.feature_group, usable=usable, limits=limits)
         log.log(level, "selected %s (node_type %s, %s/%s%s)", sel.path, sel.node_type, sel.output_type, sel.feature_group,
                  "" if sel.exact else f", nearest spec, distance {sel.distance:.2f}")
         return [sel.path, *sel.fallbacks]

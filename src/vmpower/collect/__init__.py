@@ -85,6 +85,8 @@ def _add_host(sub) -> None:
                    help="output file, .csv or .json (default: data/bm_power.csv)")
     p.add_argument("--start-at", type=float, default=None, metavar="EPOCH",
                    help="wait until this epoch time before the first scrape")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="config.yaml whose limits section applies (max_http_response_bytes; default: the built-in limits)")
     p.add_argument("--log-file", default="logs/bm_power_collection.log", help="log file")
     p.add_argument("--verbose", action="store_true", help="verbose logging")
     p.set_defaults(func=_run_host)

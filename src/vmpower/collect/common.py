@@ -131,6 +131,34 @@ def finalize_json_array(path: str | os.PathLike, records: list[dict]) -> None:
             os.fsync(fh.fileno())
 
 
+class ResponseTooLarge(ValueError):
+    """An HTTP answer larger than limits.max_http_response_bytes (read no further)."""
+
+
+def read_capped(resp, limit: int, deadline: float | None = None) -> bytes:
+    """The body of an HTTP answer, at most ``limit`` bytes (ResponseTooLarge beyond: a huge
+    answer must not take the collector's memory and time), read by ``deadline`` (monotonic s;
+    a server dripping its answer is a TimeoutError, so a stop request is never held up)."""
+    length = resp.headers.get("Content-Length", "")
+    if length.strip().isdigit() and int(length) > limit:
+        raise ResponseTooLarge(f"answer of {int(length)} bytes, more than limits.max_http_response_bytes ({limit})")
+    chunks, total = [], 0
+    while True:
+        chunk = resp.read(min(1 << 16, limit + 1 - total))
+        if not chunk:
+            if length.strip().isdigit() and total < int(length):  # read(n) does not raise this itself
+                import http.client
+
+                raise http.client.IncompleteRead(b"".join(chunks), int(length) - total)
+            return b"".join(chunks)
+        total += len(chunk)
+        chunks.append(chunk)
+        if total > limit:
+            raise ResponseTooLarge(f"answer larger than limits.max_http_response_bytes ({limit} bytes)")
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"answer not complete within the timeout ({total} bytes read)")
+
+
 def clean_number(value):
     """JSON-safe number: NaN/inf become None (never written as NaN)."""
     if isinstance(value, float) and not math.isfinite(value):

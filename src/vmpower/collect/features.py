@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from vmpower.collect.common import (JsonlWriter, Progress, Schedule, clean_number, finalize_json_array,
-                                    iso_local, setup_file_log, stop_on_signals)
+                                    iso_local, read_capped, setup_file_log, stop_on_signals)
 from vmpower.errors import InputError
 
 log = logging.getLogger("vmpower.collect.vm")
@@ -185,9 +185,14 @@ class KeplerProcessSeconds:
     NAMES = ("kepler_process_cpu_seconds_total", "kepler_process_cpu_seconds")
 
     def __init__(self, url: str | None, timeout: float = 0.3, retry_after: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, max_bytes: int | None = None):
         self.url = None if not url or url.lower() == "none" else url
         self.timeout = timeout
+        if max_bytes is None:
+            from vmpower import limits
+
+            max_bytes = limits.defaults().max_http_response_bytes
+        self.max_bytes = max_bytes  # limits.max_http_response_bytes: a larger answer is a failed read
         self.retry_after = retry_after
         self.clock = clock
         self._next_try = 0.0
@@ -200,8 +205,9 @@ class KeplerProcessSeconds:
         if self.url is None or self.clock() < self._next_try:
             return None
         try:
+            deadline = time.monotonic() + 3 * self.timeout
             with urllib.request.urlopen(self.url, timeout=self.timeout) as resp:
-                text = resp.read().decode("utf-8", "replace")
+                text = read_capped(resp, self.max_bytes, deadline).decode("utf-8", "replace")
             total, seen = 0.0, False
             for fam in text_string_to_metric_families(text):
                 for s in fam.samples:
@@ -239,14 +245,14 @@ class FeatureCollector:
                  workloads: str = "none", cpu_intensive_duration: float | None = None,
                  kepler_url: str | None = None, use_perf: bool = True, sync: bool = True,
                  start_at: float | None = None, csv_path: str | None = None, progress: bool | None = None,
-                 vm_name: str | None = None):
+                 vm_name: str | None = None, max_http_bytes: int | None = None):
         from vmpower.collect.stress import parse_sequence
 
         self.output = Path(output)
         self.interval = float(interval)
         self.duration = float(duration) if duration else None
         self.phases = parse_sequence(workloads, self.duration, cpu_intensive_duration)
-        self.kepler = KeplerProcessSeconds(kepler_url)
+        self.kepler = KeplerProcessSeconds(kepler_url, max_bytes=max_http_bytes)
         self.use_perf = use_perf
         self.sync = sync
         self.start_at = start_at

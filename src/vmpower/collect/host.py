@@ -20,8 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from vmpower.collect.common import (JsonlWriter, Progress, Schedule, finalize_json_array, iso_local,
-                                    setup_file_log, stop_on_signals)
+from vmpower.collect.common import (JsonlWriter, Progress, ResponseTooLarge, Schedule, finalize_json_array,
+                                    iso_local, read_capped, setup_file_log, stop_on_signals)
 from vmpower.collect.kepler import ZONE_ORDER, JoulesRate, MetricsError, VmFilter, parse
 from vmpower.errors import InputError
 
@@ -36,16 +36,20 @@ def gaps_path(output: str | os.PathLike) -> Path:
 
 
 class Fetcher:
-    def __init__(self, url: str, timeout: float):
+    """One scrape: the body (at most ``max_bytes``, read within 3 x ``timeout``) and its type."""
+
+    def __init__(self, url: str, timeout: float, max_bytes: int):
         self.url = url
         self.timeout = timeout
+        self.max_bytes = max_bytes
 
     def __call__(self) -> tuple[str, str]:
         req = urllib.request.Request(self.url, headers={"Accept": ACCEPT})
+        deadline = time.monotonic() + 3 * self.timeout
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:
             if resp.status != 200:
                 raise MetricsError(f"HTTP {resp.status}")
-            body = resp.read()
+            body = read_capped(resp, self.max_bytes, deadline)
             ctype = resp.headers.get("Content-Type", "")
         return body.decode("utf-8", "replace"), ctype
 
@@ -55,7 +59,7 @@ class HostCollector:
                  vm_patterns: list[str] | None = None,
                  interval: float = 0.1, duration: float | None = 300.0, timeout: float = 1.0,
                  start_at: float | None = None, max_backoff: float = 5.0, progress: bool | None = None,
-                 fsync_every: int = 10):
+                 fsync_every: int = 10, max_response_bytes: int | None = None):
         self.url = url
         self.output = Path(output)
         if self.output.suffix.lower() not in (".csv", ".json"):
@@ -65,7 +69,11 @@ class HostCollector:
         self.filter = VmFilter.of(vm_names, vm_patterns)
         self.interval = float(interval)
         self.duration = float(duration) if duration else None
-        self.fetch = Fetcher(url, timeout)
+        if max_response_bytes is None:
+            from vmpower import limits
+
+            max_response_bytes = limits.defaults().max_http_response_bytes
+        self.fetch = Fetcher(url, timeout, max_response_bytes)
         self.start_at = start_at
         self.max_backoff = max_backoff
         self.progress = progress
@@ -195,7 +203,7 @@ class HostCollector:
                     row = self._row(readings, mono - t0, wall, mono)
                 # IncompleteRead (body cut off) and BadStatusLine are HTTPException, not OSError
                 except (OSError, urllib.error.URLError, http.client.HTTPException, MetricsError,
-                        UnicodeError) as exc:
+                        ResponseTooLarge, UnicodeError) as exc:
                     failure = exc
                 except Exception as exc:  # last resort: one bad scrape must not end the run
                     failure = unexpected = exc
@@ -242,11 +250,14 @@ class HostCollector:
 
 
 def main_host(args) -> int:
+    from vmpower import limits
+
     setup_file_log(args.log_file, args.verbose)
     names = [n.strip() for n in (args.vm_names or "").split(",") if n.strip()]
+    cap = limits.load(getattr(args, "config", None)).max_http_response_bytes
     collector = HostCollector(args.kepler_url, args.output, vm_names=names, vm_patterns=args.vm_pattern,
                               interval=args.interval, duration=args.duration or None, timeout=args.timeout,
-                              start_at=args.start_at)
+                              start_at=args.start_at, max_response_bytes=cap)
     with stop_on_signals(collector.stop):
         rows = collector.run()
     print(f"{rows} rows -> {args.output} ({len(collector.gaps)} gaps)")
