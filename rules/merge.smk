@@ -38,7 +38,8 @@ rule merge_run:
     params:
         vmpower=VMPOWER,
         settings=settings_json(
-            "merge", "ingest", zones=config["zones"], required_zones=config["required_zones"], **features_settings(MERGE_FEATURE_KEYS)
+            "merge", "ingest", zones=config["zones"], required_zones=config["required_zones"],
+            limits=config.get("limits", {}), **features_settings(MERGE_FEATURE_KEYS)
         ),
     log:
         "logs/merge/{node_type}/{run_id}.log",

@@ -460,3 +460,15 @@ def test_host_csv_cut_mid_line_keeps_the_rows_before_it(tmp_path, run):
     garbage.write_text(text.replace(",1,0.1,", ",1,0.1,extra,", 1) + "\n")  # a bad row in the middle
     with pytest.raises(InputError, match=r"bm_power_bad\.csv: malformed CSV"):
         merge.merge_run(vm, garbage, settings())
+
+
+def test_the_workflows_limits_bound_the_merge(run):
+    """The config's limits section reaches the merge (the workflow passes it in --settings): a
+    VM file wider than limits.max_columns is refused in one line before it is parsed."""
+    vm, bm, _ = run
+    merge.merge_run(vm, bm, settings())  # the schema's defaults accept it
+    with pytest.raises(InputError, match=r"more than 5 distinct keys \(limits.max_columns\)") as err:
+        merge.merge_run(vm, bm, settings(limits={"max_columns": 5}))
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="limits.max_columns"):
+        merge.merge_run(vm, bm, settings(limits={"max_columns": 0}))  # validated against the schema

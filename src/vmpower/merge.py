@@ -79,6 +79,8 @@ class MergeSettings:
     offset_features: list[str] = field(default_factory=list)
     # Per-sample hinge basis {feature: [knots]} (features.hinges; vmpower.engineer.hinges).
     hinges: dict = field(default_factory=dict)
+    # Input bounds (the config's limits section over the schema's defaults; vmpower.limits).
+    limits: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: dict) -> "MergeSettings":
@@ -318,8 +320,11 @@ def _read_pair(vm_path, host_path, s: MergeSettings):
     """Both files read, their zones checked, their rows sorted and deduplicated on the common
     clock (repairs counted in the tables' notes). Returns (vm, host, zones, vm times, host
     times, time base)."""
-    vm_raw = ingest.read_vm_features(vm_path)
-    host_raw = ingest.read_host_power(host_path)
+    from vmpower import limits as limits_mod
+
+    bounds = limits_mod.from_section(s.limits)
+    vm_raw = ingest.read_vm_features(vm_path, bounds)
+    host_raw = ingest.read_host_power(host_path, bounds)
     vm_path, host_path = vm_raw.path, host_raw.path
 
     zones_present = ingest.zones_in(host_raw.df)
