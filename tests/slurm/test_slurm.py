@@ -55,7 +55,7 @@ ACCOUNT, PARTITION = "vmpower", "main"  # made by start-cluster.sh
 FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
 # The workflow's localrules (rules/common.smk) plus `all` (no shell: always local). Tiny steps
 # only: a heavy rule here would silently run on the submit host.
-LOCAL_RULES = {"export_select", "export_summary", "export_check_images", "report_markdown", "all"}
+LOCAL_RULES = {"check_layout", "export_select", "export_summary", "export_check_images", "report_markdown", "all"}
 
 
 def _run(cmd, *, cwd=None, env=None, timeout=None, log: Path | None = None) -> subprocess.CompletedProcess:
