@@ -10,7 +10,10 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from vmpower import runtime  # noqa: E402
+from vmpower import buildstate, runtime  # noqa: E402
+
+# Resume after a crash: clear what a dead build left (stale locks, temp files); steps die with this build.
+buildstate.claim(workflow, config["results_dir"])
 
 RAW = config["raw_dir"]
 RES = config["results_dir"]
