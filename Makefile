@@ -39,7 +39,7 @@ test: venv debs
 	bash scripts/run-tests.sh
 
 test-fast: venv
-	$(VPY) -m pytest -m "not slow and not docker and not slurm and not ssh and not stress and not benchmark" -q
+	$(VPY) -m pytest -m "not slow and not docker and not slurm and not ssh and not stress and not benchmark and not fault" -q
 
 bench: venv
 	$(VPY) -m pytest tests/bench -m benchmark --benchmark-only -q

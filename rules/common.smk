@@ -7,13 +7,16 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from vmpower import configcheck, layout, runtime  # noqa: E402
+from vmpower import buildstate, configcheck, layout, runtime  # noqa: E402
 
 # Strict config (issue 19): unknown keys, bad values and trainer parameters are one line naming
 # the key and the file that set it, before any job; Snakemake's validate() then fills in defaults.
 if _problem := configcheck.workflow_problem(workflow, config):
     raise WorkflowError(_problem)
 validate(config, "../schemas/config.schema.yaml")
+
+# Resume after a crash: clear what a dead build left (stale locks, temp files); steps die with this build.
+buildstate.claim(workflow, config["results_dir"])
 
 RAW = config["raw_dir"]
 RES = config["results_dir"]

@@ -24,8 +24,9 @@ phase() {  # phase NAME CMD...
   rm -f "$out"
 }
 
-MARK_FAST="not slow and not docker and not slurm and not ssh and not stress and not benchmark"
+MARK_FAST="not slow and not docker and not slurm and not ssh and not stress and not benchmark and not fault"
 phase unit      $PY -m pytest -q -m "$MARK_FAST"
+phase fault     $PY -m pytest -q -m "fault and not docker and not slurm"
 phase collect   $PY -m pytest -q -m "(ssh or stress) and not docker and not slurm"
 phase workflow  $PY -m pytest -q -m "slow and not docker and not slurm and not ssh and not stress"
 phase images    make --no-print-directory images

@@ -129,6 +129,66 @@ def test_a_cancelled_step_is_stopped(server, tmp_path):
     assert "served 1 steps" in _stop(proc, log)
 
 
+def _collecting(sock, cwd, **env):
+    """A client whose step runs for 120 s unless stopped (see test_a_cancelled_step_is_stopped)."""
+    return subprocess.Popen([sys.executable, "-m", "vmpower", "collect", "host", "--kepler-url",
+                             "http://127.0.0.1:9/metrics", "--duration", "120", "--output", "bm.csv"],
+                            cwd=cwd, env=_env(**{worker.ENV: str(sock)}, **env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _alive(procs, timeout):
+    """Which of procs still run after timeout s (a dead step's zombie is not running)."""
+    _gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _step_of(proc, client):
+    deadline = time.monotonic() + 60
+    while not psutil.Process(proc.pid).children():
+        assert time.monotonic() < deadline and client.poll() is None
+        time.sleep(0.05)
+    return psutil.Process(proc.pid).children()[0]
+
+
+def test_a_step_dies_with_the_worker(server, tmp_path):
+    """kill -9 of the worker: its steps die at once (they can publish nothing later), the client fails."""
+    proc, sock, _log = server()
+    client = _collecting(sock, tmp_path)
+    step = _step_of(proc, client)
+    time.sleep(1)
+    proc.kill()
+    assert _alive([step], timeout=1) == []
+    assert client.wait(timeout=30) == 1 and "the worker ended before the step did" in client.stderr.read()
+
+
+def test_a_step_in_the_worker_dies_with_its_build(server, tmp_path):
+    """The build (snakemake) named in the client's environment ends: client and step die, the worker serves on."""
+    from vmpower import lifeline
+
+    proc, sock, log = server()
+    build = subprocess.Popen(["sleep", "120"])
+    client = _collecting(sock, tmp_path, **{lifeline.ENV: lifeline.token(build.pid)})
+    step = _step_of(proc, client)
+    time.sleep(1)
+    build.kill()
+    build.wait()
+    assert _alive([step], timeout=1) == [] and client.wait(timeout=5) == -signal.SIGKILL and proc.poll() is None
+    assert "served 1 steps" in _stop(proc, log)
+
+
+def test_a_killed_worker_run_takes_its_worker_and_command_with_it(tmp_path):
+    wrapper = subprocess.Popen([sys.executable, "-m", "vmpower", "worker", "run", "--", "sleep", "120"],
+                               cwd=tmp_path, env=_env(), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(kids := psutil.Process(wrapper.pid).children()) < 2:
+        assert time.monotonic() < deadline and wrapper.poll() is None
+        time.sleep(0.05)
+    wrapper.kill()
+    wrapper.wait()
+    assert _alive(kids, timeout=3) == []
+
+
 def test_without_a_usable_worker_a_step_runs_itself(server, tmp_path):
     proc, sock, log = server()
     args = ["merge", "--vm-features", "nope.json", "--bm-power", "nope.csv", "--output", "m.csv"]

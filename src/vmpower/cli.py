@@ -76,6 +76,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vmpower import lifeline
+
+    lifeline.arm()  # inside a build: this step dies with it (no-op otherwise)
     pre = argparse.ArgumentParser(add_help=False)
     _global_options(pre)
     pre.add_argument("command", nargs="?")

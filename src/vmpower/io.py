@@ -1,7 +1,9 @@
 """Atomic, deterministic file writing shared by every stage.
 
 Outputs are written to a temporary file next to the target and renamed into place, so a
-failed job never leaves a half-written output behind.
+failed job never leaves a half-written output behind, and a step whose build has ended never
+publishes one (vmpower.lifeline). A step killed outright (kill -9) leaves its temporary file,
+named ``.<target>.<random>.tmp[<suffix>]``: the next build removes them (vmpower.buildstate).
 """
 
 from __future__ import annotations
@@ -15,18 +17,21 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from vmpower import lifeline
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o644)
+        lifeline.check()
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

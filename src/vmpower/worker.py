@@ -15,13 +15,16 @@ server to fork a child that runs the step:
   interpreter would reach after the same imports: outputs are byte-identical with and without
   the worker (tests/test_workflow.py builds both).
 * When the client stops (Snakemake cancels a job), the server kills the step's process group.
+  A step also dies with the server (PR_SET_PDEATHSIG), with its client and with the build
+  (vmpower.lifeline): no step outlives its build, and one whose build ended publishes nothing.
 * Without a reachable server (``VMPOWER_WORKER`` unset, another interpreter, venv or vmpower
   source tree, inside a SLURM allocation, where a step must use the allocation's resources),
   ``python -m vmpower`` runs the step itself as always.
 * Snakemake's ``benchmark:`` files keep the step's wall time (``s``); their CPU and memory
   columns measure only the client, because the step is not its child.
 
-This module imports only the standard library at module level: it is the client too.
+This module imports only the standard library (and vmpower.lifeline, which does too) at module
+level: it is the client too.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from vmpower import lifeline
 
 ENV = "VMPOWER_WORKER"
 # Imported once by the server (the cost every step would pay); vmpower's modules never are.
@@ -73,6 +79,7 @@ def forward(argv: list[str]) -> int | None:
     path = os.environ.get(ENV)
     if not path or os.environ.get("SLURM_JOB_ID"):
         return None
+    lifeline.arm()  # the client dies with the build; the server then stops the step
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -136,11 +143,12 @@ def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
     return json.loads(data), fds
 
 
-def _run_child(request: dict, fds: list[int], close: list) -> None:
+def _run_child(request: dict, fds: list[int], close: list, client: int, server: int) -> None:
     """In the forked child: become the step, then exit with its code (never returns)."""
     code = 1
     try:
         os.setpgid(0, 0)
+        lifeline.die_with_parent(signal.SIGKILL, server)
         for s in close:
             s.close()
         # vmpower's modules come from disk after the fork, so an edited stage (or cli.py) runs
@@ -157,6 +165,9 @@ def _run_child(request: dict, fds: list[int], close: list) -> None:
         os.environ.update(request["env"])
         os.environ.pop(ENV, None)
         sys.argv = ["vmpower", *request["argv"]]
+        from vmpower import lifeline as fresh  # the module io.py and cli.py see
+
+        fresh.arm(client, server)  # and the build named in the client's environment
         from vmpower.cli import main  # from disk, after the fork: an edited stage runs its new code
 
         code = int(main(request["argv"]) or 0)
@@ -217,11 +228,13 @@ def serve(path: str, idle_timeout: float = 0.0) -> int:
                         for fd in fds:
                             os.close(fd)
                         continue
+                    client = _peer_pid(conn)
                     sys.stdout.flush()
                     sys.stderr.flush()
+                    server = os.getpid()
                     pid = os.fork()
                     if pid == 0:
-                        _run_child(request, fds, [sel, listener, *running.values(), conn])
+                        _run_child(request, fds, [sel, listener, *running.values(), conn], client, server)
                     for fd in fds:
                         os.close(fd)
                     running[pid] = conn
@@ -258,6 +271,12 @@ def serve(path: str, idle_timeout: float = 0.0) -> int:
         _log(f"served {served} steps" + (f", refused {refused} (another interpreter, venv or vmpower source)"
                                          if refused else ""))
     return 0
+
+
+def _peer_pid(conn: socket.socket) -> int:
+    """The pid of the process that connected (the step's client)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -299,7 +318,11 @@ def run_with_worker(command: list[str], start_timeout: float = 60.0) -> int:
     path = os.path.join(tmp, "socket")
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     env.pop(ENV, None)
-    server = subprocess.Popen([sys.executable, "-m", "vmpower", "worker", "serve", "--socket", path], env=env)
+    me = os.getpid()
+    # The server dies with this process, however it ends (and its steps with it); the command
+    # is asked to stop (snakemake then stops its jobs and releases its locks).
+    server = subprocess.Popen([sys.executable, "-m", "vmpower", "worker", "serve", "--socket", path], env=env,
+                              preexec_fn=lambda: lifeline.die_with_parent(signal.SIGKILL, me))
     try:
         deadline = time.monotonic() + start_timeout
         while not os.path.exists(path) and server.poll() is None and time.monotonic() < deadline:
@@ -310,7 +333,9 @@ def run_with_worker(command: list[str], start_timeout: float = 60.0) -> int:
         else:
             _log("did not start; the steps start their own interpreters")
         try:
-            return subprocess.call(command, env=child_env)
+            code = subprocess.call(command, env=child_env,
+                                   preexec_fn=lambda: lifeline.die_with_parent(signal.SIGTERM, me))
+            return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
         except FileNotFoundError:
             _log(f"{command[0]}: command not found")
             return 127
