@@ -13,6 +13,10 @@ phase() {  # phase NAME CMD...
   echo "=== phase: $name"
   out=$(mktemp); "$@" 2>&1 | tee "$out"; rc=${PIPESTATUS[0]}
   local took=$((SECONDS - start))
+  if [ ! -c /dev/null ]; then  # once seen after a session's test runs: say which phase did it
+    echo "run-tests: WARNING: phase $name left /dev/null a regular file; restoring the device" >&2
+    rm -f /dev/null && mknod -m 666 /dev/null c 1 3
+  fi
   local line; line=$(grep -E '(passed|failed|errors?|deselected).* in [0-9.]+s' "$out" | tail -1)
   local p f e
   p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || true)

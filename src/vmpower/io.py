@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,14 +25,24 @@ from vmpower import lifeline
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
+    # A device, FIFO or socket (e.g. --output /dev/null) is written to, never renamed over: as
+    # root, a rename would replace /dev/null itself with a regular file.
+    special = target.exists() and not (target.is_file() or target.is_dir())
+    if not special:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix,
+                               dir=None if special else target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o644)
         lifeline.check()
+        if special:
+            with open(tmp_path, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            tmp_path.unlink()
+            return
+        os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
