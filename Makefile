@@ -30,7 +30,7 @@ debs:
 demo-data: venv
 	$(VPY) -m vmpower synth --config config.yaml --out data/raw
 
-# The worker imports pandas/scikit-learn/ONNX once for all steps (src/vmpower/worker.py).
+# The worker imports pandas/scikit-learn/ONNX once for all steps (src/vmpower/ops/worker.py).
 run: demo-data
 	$(VPY) -m vmpower worker run -- $(VENV)/bin/snakemake --cores $(CORES)
 	@$(VPY) -m vmpower report-paths --config config.yaml

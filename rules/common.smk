@@ -7,7 +7,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from vmpower import buildstate, configcheck, layout, runtime  # noqa: E402
+from vmpower.ops import buildstate, runtime, sources  # noqa: E402
+from vmpower import configcheck  # noqa: E402
+from vmpower.pipeline import layout  # noqa: E402
 
 # Strict config (issue 19): unknown keys, bad values and trainer parameters are one line naming
 # the key and the file that set it, before any job; Snakemake's validate() then fills in defaults.
@@ -45,7 +47,7 @@ PIPELINE_IMAGE = runtime.container_ref(config, "pipeline")
 CONDA_ENV = "../envs/pipeline.conda.yaml"
 
 
-# Runs and layout problems (src/vmpower/layout.py). A problem (a missing or second VM/host file,
+# Runs and layout problems (src/vmpower/pipeline/layout.py). A problem (a missing or second VM/host file,
 # a directory name that is not a valid wildcard) never stops planning: the run gets a failing
 # check_layout job instead (rules/merge.smk) that its node_type's dataset waits for, so with
 # --keep-going every other node_type still builds; NODE_TYPES (the aggregates) leaves it out.
@@ -77,12 +79,9 @@ wildcard_constraints:
 
 
 # Source files of each stage: editing them reruns that stage.
-_SRC = "src/vmpower"
-_COMMON_SRC = [f"{_SRC}/{m}.py" for m in ("__init__", "__main__", "cli", "errors", "io", "provenance", "runtime")]
-
-
-def stage_sources(*modules):
-    return _COMMON_SRC + [f"{_SRC}/{m}.py" for m in modules]
+def stage_sources(module):
+    """A step's module and everything it imports (src/vmpower/ops/sources.py)."""
+    return sources.closure(Path(workflow.basedir) / "src", module)
 
 
 ENGINEERING_KEYS = ("lag_feature", "lag_zone", "max_lag_seconds", "min_lag_correlation", "lag_correction", "windows",

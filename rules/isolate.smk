@@ -4,7 +4,7 @@
 rule isolate_power:
     input:
         data=f"{RES}/datasets/{{node_type}}.parquet",
-        code=stage_sources("isolate"),
+        code=stage_sources("vmpower.pipeline.isolate"),
     output:
         abs=f"{RES}/isolated/{{node_type}}/AbsPower.parquet",
         dyn=f"{RES}/isolated/{{node_type}}/DynPower.parquet",

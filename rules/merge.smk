@@ -6,7 +6,7 @@
 # so only that node_type fails.
 rule check_layout:
     input:
-        code=stage_sources("layout"),
+        code=stage_sources("vmpower.pipeline.layout"),
     output:
         f"{RES}/layout/{{node_type}}/{{run_id}}.ok",
     params:
@@ -30,7 +30,7 @@ rule merge_run:
     input:
         vm=run_vm_file,
         bm=run_bm_file,
-        code=stage_sources("ingest", "merge", "engineer", "vmframe", "counters", "tidy", "quality"),
+        code=stage_sources("vmpower.pipeline.merge"),
     output:
         data=f"{RES}/merged/{{node_type}}/{{run_id}}.parquet",
         quality=f"{RES}/merged/{{node_type}}/{{run_id}}.quality.json",
@@ -63,7 +63,7 @@ rule merge_dataset:
         runs=merged_runs,
         quality=merged_quality,
         layout=layout_checks,
-        code=stage_sources("merge", "engineer", "counters", "vmframe", "tidy", "quality", "ingest"),
+        code=stage_sources("vmpower.pipeline.merge"),
     output:
         data=f"{RES}/datasets/{{node_type}}.parquet",
         summary=f"{RES}/datasets/{{node_type}}.summary.json",

@@ -8,7 +8,7 @@ rule report_markdown:
         best=f"{RES}/best.json",
         datasets=expand(f"{RES}/datasets/{{node_type}}.summary.json", node_type=NODE_TYPES),
         isolation=expand(f"{RES}/isolated/{{node_type}}/isolation.json", node_type=NODE_TYPES),
-        code=stage_sources("report"),
+        code=stage_sources("vmpower.pipeline.report"),
     output:
         f"{RES}/report.md",
     params:
@@ -33,7 +33,7 @@ rule report_markdown:
 rule report_quality:
     input:
         quality=merged_quality,
-        code=stage_sources("report"),
+        code=stage_sources("vmpower.pipeline.report"),
     output:
         figure=report(
             f"{REPORT_DIR}/{{node_type}}/quality.png",
@@ -73,7 +73,7 @@ rule report_models:
         best=f"{RES}/select/{{node_type}}.best.json",
         holdouts=report_holdouts,
         tree_models=report_tree_models,
-        code=stage_sources("report"),
+        code=stage_sources("vmpower.pipeline.report"),
     output:
         heldout=report(
             f"{REPORT_DIR}/{{node_type}}/heldout.png",
@@ -132,7 +132,7 @@ rule report_provenance:
         records=report_records,
         locks=REPORT_LOCKS,
         image_lock=runtime.lock_path(config),
-        code=stage_sources("report"),
+        code=stage_sources("vmpower.pipeline.report"),
     output:
         html=report(
             f"{REPORT_DIR}/{{node_type}}/provenance.html",

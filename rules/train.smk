@@ -4,7 +4,7 @@
 rule train_model:
     input:
         data=f"{RES}/isolated/{{node_type}}/{{output_type}}.parquet",
-        code=stage_sources("train", "engineer", "trainers"),
+        code=stage_sources("vmpower.pipeline.train"),
     output:
         model=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/model.joblib",
         metrics=f"{RES}/train/{{node_type}}/{{output_type}}/{{feature_group}}/{{trainer}}/metrics.json",
@@ -38,7 +38,7 @@ rule train_cross_node_type:
         models=cross_inputs("model.joblib"),
         metrics=cross_inputs("metrics.json"),
         datasets=cross_inputs("dataset"),
-        code=stage_sources("train", "engineer", "trainers"),
+        code=stage_sources("vmpower.pipeline.train"),
     output:
         csv=f"{RES}/cross_node_type.csv",
         prov=f"{RES}/provenance/cross_node_type.json",

@@ -82,7 +82,7 @@ def write_host_json(path: Path, df: pd.DataFrame) -> Path:
 
 def merge_settings(config: dict, **over):
     """The config's merge settings; per-sample window alignment unless a test asks for another."""
-    from vmpower import merge
+    from vmpower.pipeline import merge
 
     over.setdefault("alignment", "window")
     s = merge.MergeSettings.from_config(config)

@@ -12,9 +12,9 @@ import pytest
 
 from bench.predict_artifacts import NODE_TYPE, build
 from exporter_helpers import Serve, need, parse, series
-from vmpower import predict
-from vmpower.energy import find_idle
-from vmpower.exporter import Exporter
+from vmpower.serving import predict
+from vmpower.serving.energy import find_idle
+from vmpower.serving.exporter import Exporter
 
 SYS_XGB = ("AbsPower", "SystemOnly", "XGBRegressor")
 CNT_LR = ("AbsPower", "CounterOnly", "LinearRegression")

@@ -15,7 +15,9 @@ import psutil
 import pytest
 import yaml
 
-from vmpower import buildstate, lifeline
+from vmpower.ops import buildstate
+
+from vmpower import lifeline
 from workflow import _env, make_workspace, planned_jobs, snakemake, tree_digest
 
 pytestmark = pytest.mark.fault

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vmpower import configcheck, paramcheck
-from vmpower.synth import _merge
+from vmpower import configcheck
+
+from vmpower.pipeline import paramcheck
+from vmpower.demo.synth import _merge
 
 pytestmark = pytest.mark.fault
 

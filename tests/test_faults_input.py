@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 from helpers import vm_records, write_vm
-from vmpower import archive, ingest, jsonguard, limits, predict
+from vmpower.serving import archive, predict
+from vmpower.pipeline import ingest
+from vmpower import jsonguard, limits
 from vmpower.errors import InputError
 
 pytestmark = pytest.mark.fault
@@ -104,7 +106,7 @@ def bomb(tmp_path_factory) -> Path:
 def test_zip_bomb_is_refused_at_once_with_bounded_memory(bomb):
     code = textwrap.dedent(f"""
         import sys, time
-        from vmpower import predict
+        from vmpower.serving import predict
         from vmpower.errors import InputError
 
         def peak_kb():  # this process's own peak RSS (ru_maxrss would include the forking parent's)

@@ -31,7 +31,8 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONHASHSEED": "0"}
 SERVER = textwrap.dedent("""
     import sys, threading, time
     from prometheus_client import CollectorRegistry, Counter, Gauge
-    from vmpower import limits, metrics_http
+    from vmpower import limits
+    from vmpower.serving import metrics_http
 
     # A registry the size of serve's (4 zones, ~30 families), changed once a second like serve's ticks.
     reg = CollectorRegistry()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vmpower import gate
+from vmpower.ops import gate
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["node_type", "output_type", "feature_group", "trainer", "zone", "status", "mae", "mape", "rmse", "r2",

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from helpers import host_frame, iso_local, merge_settings, vm_records, write_host_csv, write_vm
-from vmpower import counters, merge
+from vmpower.pipeline import counters, merge
 from vmpower.errors import InputError
 
 CONFIG = yaml.safe_load(open("config.yaml"))
@@ -273,7 +273,8 @@ def test_non_numeric_and_empty_features_are_recorded(tmp_path, seed):
 
 @pytest.mark.parametrize("zones", [("package",), ("package", "dram")])
 def test_zones_follow_the_data(tmp_path, zones):
-    from vmpower import cli, isolate
+    from vmpower import cli
+    from vmpower.pipeline import isolate
 
     paths, quals = [], []
     for k in range(2):

@@ -171,7 +171,7 @@ def test_node_type_indices_are_kept_from_a_previous_mapping(db, tmp_path, capsys
 
 
 def test_processor_names_in_the_servers_node_spec_style():
-    from vmpower.kepler_db import processor_key
+    from vmpower.pipeline.kepler_db import processor_key
 
     assert processor_key("Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz") == "intel_xeon_gold_6338"
     assert processor_key("Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz") == "intel_xeon_e5_2680v4"

@@ -1,4 +1,4 @@
-"""weight.json as Kepler v0.7.12's linear estimator reads it (src/vmpower/kepler_weights.py)."""
+"""weight.json as Kepler v0.7.12's linear estimator reads it (src/vmpower/pipeline/kepler_weights.py)."""
 
 import json
 
@@ -8,7 +8,7 @@ import yaml
 
 from vmpower import cli
 from vmpower.io import write_parquet
-from vmpower.kepler_weights import KEPLER_FEATURES
+from vmpower.pipeline.kepler_weights import KEPLER_FEATURES
 
 CONFIG = yaml.safe_load(open("config.yaml"))
 # The feature names Kepler v0.7.12 configures its estimator with, in an order of ours (Kepler

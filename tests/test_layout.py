@@ -7,7 +7,9 @@ import shutil
 import pytest
 import yaml
 
-from vmpower import cli, layout
+from vmpower import cli
+
+from vmpower.pipeline import layout
 from workflow import make_workspace, planned_jobs, snakemake
 
 VM, BM = "vm_features_p_20250310_090000.json", "bm_power_p_20250310_090000.csv"

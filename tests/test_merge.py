@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from helpers import host_frame, merge_settings, vm_records, write_host_csv, write_host_json, write_vm
-from vmpower import merge
+from vmpower.pipeline import merge
 from vmpower.errors import InputError
 
 CONFIG = yaml.safe_load(open("config.yaml"))

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from vmpower import cli, export, train
+from vmpower import cli
+
+from vmpower.pipeline import export, train
 from vmpower.io import write_parquet
 
 CONFIG = yaml.safe_load(open("config.yaml"))
@@ -81,7 +83,9 @@ def _export_cli(dirs: dict, out, settings):
 def test_a_model_failing_its_onnx_check_is_recorded_never_selected_and_takes_no_other_down(tmp_path, capsys):
     import zipfile
 
-    from vmpower import gate, predict, selection
+    from vmpower.ops import gate
+
+    from vmpower.serving import predict, selection
     from vmpower.errors import InputError
 
     rng = np.random.default_rng(3)
@@ -135,7 +139,7 @@ def test_a_model_failing_its_onnx_check_is_recorded_never_selected_and_takes_no_
     assert json.loads(best.read_text())["nt"]["AbsPower"]["Full"]["trainer"] == "LinearRegression"
     assert gate.best_models(summary)["nt"]["AbsPower"]["Full"]["trainer"] == "LinearRegression"
     # ... and the report lists it with its reason.
-    from vmpower import report
+    from vmpower.pipeline import report
 
     text = report.render(rows, json.loads(best.read_text()), {}, {})
     assert "## Models not exported as ONNX" in text and "| GradientBoostingRegressor | onnx_mismatch | ONNX " in text

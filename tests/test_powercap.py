@@ -15,7 +15,7 @@ import pytest
 from bench.predict_artifacts import NODE_TYPE, build
 from exporter_helpers import Serve, need, parse, series
 from vmpower.errors import InputError
-from vmpower.powercap import MAX_ENERGY_RANGE_UJ, PowercapTree
+from vmpower.serving.powercap import MAX_ENERGY_RANGE_UJ, PowercapTree
 
 ZONES = ["package", "core", "dram", "uncore"]
 RAPL = {"0": ("package-0", "package"), "0:0": ("core", "core"), "0:1": ("uncore", "uncore"), "0:2": ("dram", "dram")}

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from bench.predict_artifacts import NODE_TYPE, build
-from vmpower import cli, fallback, predict, selection
+from vmpower import cli
+from vmpower.serving import fallback, predict, selection
 from vmpower.errors import InputError
 
 SYS_GBR = ("AbsPower", "SystemOnly", "GradientBoostingRegressor")
@@ -61,7 +62,7 @@ def test_predictions_equal_native_model_on_pipeline_features(art, settings, key)
     out = predict.predict_file(model, art["vm_files"][run], settings)
     merged = pd.read_parquet(art["results"] / "merged" / NODE_TYPE / f"{run}.parquet")
     # merged "time" is on the clock both files share (naive local here: the host CSV has no epoch)
-    from vmpower.ingest import naive_seconds
+    from vmpower.pipeline.ingest import naive_seconds
 
     key_time = naive_seconds(out["timestamp_iso"], Path("x")).round(6)
     rows = out.set_index(key_time).loc[merged["time"].to_numpy().round(6)]
@@ -303,7 +304,7 @@ def test_select_by_node_type_and_exact_spec(art, caplog):
     # Inside a VM cores and memory are the VM's: the processor model decides the match.
     spec = json.loads(art["spec"].read_text())
     vm_view = {**spec, "cores": 8, "chips": 1, "memory": 16}
-    with caplog.at_level(logging.WARNING, logger="vmpower.selection"):
+    with caplog.at_level(logging.WARNING, logger="vmpower.serving.selection"):
         sel = selection.select_model(res, machine_spec=vm_view)
     assert sel.exact and sel.node_type == NODE_TYPE and not caplog.records
     with pytest.raises(InputError, match=r"best\.json: no model for node_type nope \(known: demo-xeon-gold\)"):
@@ -314,7 +315,7 @@ def test_select_by_node_type_and_exact_spec(art, caplog):
 
 def test_select_nearest_spec_warns(art, caplog, tmp_path, capsys):
     epyc = {"processor": "AMD EPYC 7763 64-Core Processor", "cores": 128, "chips": 2, "memory": 512, "frequency": 2450}
-    with caplog.at_level(logging.WARNING, logger="vmpower.selection"):
+    with caplog.at_level(logging.WARNING, logger="vmpower.serving.selection"):
         sel = selection.select_model(art["results"], machine_spec=epyc)
     assert not sel.exact and sel.node_type == NODE_TYPE and sel.distance > 4
     assert any("nearest" in r.getMessage() and NODE_TYPE in r.getMessage() for r in caplog.records)
@@ -499,7 +500,7 @@ def test_selection_skips_models_whose_status_is_not_ok(art, tmp_path, caplog):
     best = {NODE_TYPE: {"AbsPower": {k[1]: {"model_name": d.name, "trainer": k[2], "mae_mean": 0.1 + i, "path": str(d)}
                                      for i, (k, d) in enumerate(dirs.items())}}}
     (res / "best.json").write_text(json.dumps(best))
-    with caplog.at_level(logging.WARNING, logger="vmpower.selection"):
+    with caplog.at_level(logging.WARNING, logger="vmpower.serving.selection"):
         sel = selection.select_model(res, node_type=NODE_TYPE)
     assert (sel.feature_group, sel.fallbacks) == ("SystemOnly", [])
     assert any("AbsPower/Activity (status onnx_mismatch)" in r.getMessage() for r in caplog.records)
@@ -702,7 +703,7 @@ def _out_of_range(art, model, record, prev, changes, settings, tmp_path):
     rec = {**record, **changes}
     f = tmp_path / "two.json"
     f.write_text(json.dumps([prev, rec]))
-    from vmpower import ingest
+    from vmpower.pipeline import ingest
 
     s = predict.for_model(settings, model)
     feats, drop = predict.frame_features(ingest.read_vm_features(f), s)

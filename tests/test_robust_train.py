@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from vmpower import cli, train
+from vmpower import cli
+
+from vmpower.pipeline import train
 from vmpower.io import write_parquet
-from vmpower.onnx_convert import onnx_predict, to_onnx
+from vmpower.pipeline.onnx_convert import onnx_predict, to_onnx
 
 CONFIG = yaml.safe_load(open("config.yaml"))
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from vmpower import synth
+from vmpower.demo import synth
 from vmpower.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,7 +324,7 @@ def test_sizes_are_demo_sized(out):
 
 def test_second_invocation_rewrites_nothing(out, caplog):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    with caplog.at_level("INFO", logger="vmpower.synth"):
+    with caplog.at_level("INFO", logger="vmpower.demo.synth"):
         assert _cli("synth", "--config", str(CONFIG), "--out", str(out)) == 0
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert before == after

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from vmpower import cli, isolate, train
+from vmpower import cli
+
+from vmpower.pipeline import isolate, train
 from vmpower.io import write_parquet
 
 CONFIG = yaml.safe_load(open("config.yaml"))
@@ -295,7 +297,7 @@ def lagged_runs(lag_s=4.0, runs=3, n=400, seed=3):
 
 @pytest.mark.parametrize("lag", [0, 3, 7])
 def test_lag_estimate_recovers_a_known_lag(lag):
-    from vmpower import engineer
+    from vmpower.pipeline import engineer
 
     g = lagged_runs(lag_s=lag, runs=1)
     info = engineer.estimate_lag(g["time"].to_numpy(), g["cpu_utilization"].to_numpy(), g["power_package"].to_numpy(), 15)
@@ -304,7 +306,7 @@ def test_lag_estimate_recovers_a_known_lag(lag):
 
 
 def test_lag_correction_pairs_features_with_later_labels_within_each_run():
-    from vmpower import engineer
+    from vmpower.pipeline import engineer
 
     df = lagged_runs(lag_s=4.0, runs=2)
     out, info = engineer.apply_lag(df, {"run0": 4.0, "run1": 4.0})
@@ -318,7 +320,7 @@ def test_lag_correction_pairs_features_with_later_labels_within_each_run():
 
 
 def test_windows_are_causal_and_never_cross_runs():
-    from vmpower import engineer
+    from vmpower.pipeline import engineer
 
     df = lagged_runs(runs=2, n=50)
     means = engineer.rolling_means(df, ["cpu_utilization"], [5.0])

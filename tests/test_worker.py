@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vmpower import worker
+from vmpower.ops import worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +91,7 @@ def test_an_edited_source_runs_its_new_code(server, tmp_path):
     proc, sock, log = server(pythonpath=src)
     before = _client(["synth", "--help"], tmp_path, sock, PYTHONPATH=str(src))
     assert "Generate demo runs" in before.stdout
-    for name, old, new in (("synth.py", "Generate demo runs", "Generate EDITED runs"),
+    for name, old, new in (("demo/synth.py", "Generate demo runs", "Generate EDITED runs"),
                            ("cli.py", "Build Kepler power models", "Build EDITED models")):
         path = src / "vmpower" / name
         path.write_text(path.read_text().replace(old, new))

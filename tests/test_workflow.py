@@ -118,7 +118,7 @@ def test_up_to_date_tree_has_nothing_to_do(demo):
 
 
 def test_editing_a_stage_reruns_only_that_stage_and_below(demo):
-    src = demo / "src/vmpower/isolate.py"
+    src = demo / "src/vmpower/pipeline/isolate.py"
     original = src.read_text()
     try:
         src.write_text(original + "\n# edited\n")

@@ -3,7 +3,7 @@ import os
 if os.environ.get("VMPOWER_WORKER"):  # `vmpower worker run`: the preloaded worker runs the step
     import sys
 
-    from vmpower.worker import forward
+    from vmpower.ops.worker import forward
 
     code = forward(sys.argv[1:])
     if code is not None:

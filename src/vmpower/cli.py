@@ -24,29 +24,29 @@ from vmpower.errors import InputError
 # called with the parsed args and returns an exit code). A job imports only its own module, so
 # the collectors run where the pipeline's libraries are not installed, and steps start faster.
 COMMANDS = {
-    "merge": "vmpower.merge",
-    "merge-dataset": "vmpower.merge",
-    "isolate": "vmpower.isolate",
-    "train": "vmpower.train",
-    "export": "vmpower.export",
-    "select": "vmpower.export",
-    "summary": "vmpower.export",
-    "export-kepler-db": "vmpower.kepler_db",
-    "report": "vmpower.report",
-    "report-paths": "vmpower.report",
-    "synth": "vmpower.synth",
+    "merge": "vmpower.pipeline.merge",
+    "merge-dataset": "vmpower.pipeline.merge",
+    "isolate": "vmpower.pipeline.isolate",
+    "train": "vmpower.pipeline.train",
+    "export": "vmpower.pipeline.export",
+    "select": "vmpower.pipeline.export",
+    "summary": "vmpower.pipeline.export",
+    "export-kepler-db": "vmpower.pipeline.kepler_db",
+    "report": "vmpower.pipeline.report",
+    "report-paths": "vmpower.pipeline.report",
+    "synth": "vmpower.demo.synth",
     "collect": "vmpower.collect",
-    "check-images": "vmpower.runtime",
-    "check-layout": "vmpower.layout",
-    "predict": "vmpower.predict",
-    "serve": "vmpower.predict",
-    "gate": "vmpower.gate",
-    "accept-models": "vmpower.gate",
-    "changelog": "vmpower.gate",
-    "worker": "vmpower.worker",
-    "report-quality": "vmpower.report",
-    "report-models": "vmpower.report",
-    "report-provenance": "vmpower.report",
+    "check-images": "vmpower.ops.runtime",
+    "check-layout": "vmpower.pipeline.layout",
+    "predict": "vmpower.serving.predict",
+    "serve": "vmpower.serving.predict",
+    "gate": "vmpower.ops.gate",
+    "accept-models": "vmpower.ops.gate",
+    "changelog": "vmpower.ops.gate",
+    "worker": "vmpower.ops.worker",
+    "report-quality": "vmpower.pipeline.report",
+    "report-models": "vmpower.pipeline.report",
+    "report-provenance": "vmpower.pipeline.report",
 }
 
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(args.func(args) or 0)
         if code == 0 and args.provenance:
-            from vmpower import provenance
+            from vmpower.ops import provenance
             from vmpower.io import write_json
 
             write_json({"command": args.command, "environment": provenance.environment()}, args.provenance)

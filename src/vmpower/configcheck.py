@@ -15,9 +15,10 @@ from typing import NamedTuple
 
 import yaml
 
+from vmpower.paths import SCHEMAS
 from vmpower.errors import InputError
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMA_DIR = SCHEMAS
 CONFIG_SCHEMA = "config.schema.yaml"
 _LOADER_BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 64  # config.yaml nests 6 levels deep (a bound on reading the config, so not set in it)
@@ -180,10 +181,10 @@ def check_file(path, schema: str = CONFIG_SCHEMA) -> dict:
 
 def config_problem(config: dict, check_params: bool = True) -> Problem | None:
     """The first problem of a whole, merged workflow config: the schema, then the trainers'
-    parameters and search grids (vmpower.paramcheck, which imports scikit-learn and XGBoost)."""
+    parameters and search grids (vmpower.pipeline.paramcheck, which imports scikit-learn and XGBoost)."""
     problem = schema_problem(config)
     if problem is None and check_params:
-        from vmpower import paramcheck
+        from vmpower.pipeline import paramcheck
 
         problem = paramcheck.train_problem(config.get("train") or {})
     return problem

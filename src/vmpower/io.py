@@ -3,7 +3,7 @@
 Outputs are written to a temporary file next to the target and renamed into place, so a
 failed job never leaves a half-written output behind, and a step whose build has ended never
 publishes one (vmpower.lifeline). A step killed outright (kill -9) leaves its temporary file,
-named ``.<target>.<random>.tmp[<suffix>]``: the next build removes them (vmpower.buildstate).
+named ``.<target>.<random>.tmp[<suffix>]``: the next build removes them (vmpower.ops.buildstate).
 """
 
 from __future__ import annotations

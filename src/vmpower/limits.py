@@ -13,9 +13,10 @@ import functools
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from vmpower.paths import SCHEMAS
 from vmpower.errors import InputError
 
-SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+SCHEMA = SCHEMAS / "config.schema.yaml"
 
 
 @dataclass(frozen=True)

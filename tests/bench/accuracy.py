@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from vmpower import engineer, merge, train
+from vmpower.pipeline import engineer, merge, train
 
 ROOT = Path(__file__).resolve().parents[2]
 # variant: (merge settings, feature-engineering settings) over the config's

@@ -2,7 +2,7 @@
 
 Three numbers from one benchmark run, written to results/bench/merge.json:
 
-* ``merge``     – ``vmpower.merge.merge_run`` (window alignment, the pipeline's default);
+* ``merge``     – ``vmpower.pipeline.merge.merge_run`` (window alignment, the pipeline's default);
 * ``io_floor``  – only parsing the same two files with pyarrow (CSV reader; the JSON array
   wrapped as one object, the only way pyarrow's reader takes an array);
 * ``reference`` – the seed's documented method as a plain implementation: pandas.read_csv,
@@ -34,7 +34,7 @@ import yaml
 
 from bench import results
 from bench.merge_data import run_pair
-from vmpower import merge
+from vmpower.pipeline import merge
 
 pytestmark = pytest.mark.benchmark
 

@@ -21,7 +21,7 @@ import pytest
 
 from bench import results
 from bench.predict_artifacts import build
-from vmpower import fallback, predict
+from vmpower.serving import fallback, predict
 
 pytestmark = pytest.mark.benchmark
 
@@ -57,7 +57,7 @@ def features(art):
     """Real feature rows (the demo run's), computed by the pipeline's code."""
     model = predict.Model.load(art["models"][KEYS["gbr"]])
     settings = predict.load_settings(str(art["config"]))
-    from vmpower import ingest
+    from vmpower.pipeline import ingest
 
     feats, drop = predict.frame_features(ingest.read_vm_features(art["vm_files"]["run02-mix"]), settings)
     X = predict.model_matrix(model, feats, drop, settings, "x")
@@ -125,7 +125,7 @@ def test_model_load_time(benchmark, art, form):
     benchmark.pedantic(predict.Model.load, args=(path,), rounds=10, iterations=1, warmup_rounds=1)
     s = stats_ms(benchmark.stats.stats.data)
     # A fresh process also pays the onnxruntime import: what `vmpower serve` sees at start-up.
-    code = ("import time; t = time.perf_counter(); from vmpower.predict import Model; Model.load(%r); "
+    code = ("import time; t = time.perf_counter(); from vmpower.serving.predict import Model; Model.load(%r); "
             "print(time.perf_counter() - t)" % str(path))
     cold = float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
     record(f"model_load_gbr_{form}", {**s, "cold_process_load_ms": cold * 1e3, "goal_ms": 5000})

@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from bench import results
-from vmpower import cli, train
+from vmpower import cli
+from vmpower.pipeline import train
 from vmpower.io import write_parquet
 
 pytestmark = pytest.mark.benchmark

@@ -15,7 +15,7 @@ from collect_helpers import REPO, SRC, Sshd  # noqa: E402
 @pytest.fixture
 def kepler():
     """Factory for loopback Kepler endpoints; all are closed at the end."""
-    from vmpower.collect.kepler_server import FakeKepler, Vm
+    from kepler_server import FakeKepler, Vm
 
     servers = []
 

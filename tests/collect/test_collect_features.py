@@ -292,8 +292,10 @@ def test_new_rates_match_what_the_pipeline_makes_of_legacy_totals_and_serve_gets
     import pandas as pd
     import yaml
 
-    from vmpower import ingest, predict
-    from vmpower.merge import MergeSettings, vm_feature_frame
+    from vmpower.pipeline import ingest
+
+    from vmpower.serving import predict
+    from vmpower.pipeline.merge import MergeSettings, vm_feature_frame
 
     snaps = _spy_snapshots(monkeypatch)
     new_path = tmp_path / "vm_features_new.json"

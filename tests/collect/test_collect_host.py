@@ -18,7 +18,7 @@ from collect_helpers import free_port, subprocess_env
 
 from vmpower.collect.host import HostCollector, gaps_path
 from vmpower.collect.kepler import parse
-from vmpower.collect.kepler_server import Vm
+from kepler_server import Vm
 
 FIXED = {"package": 40.0, "core": 30.0, "dram": 4.0}
 # Kepler 0.10 ids are QEMU uuids; 0.7 ids are libvirt's machine-qemu-<n>-<name> (the server makes them)

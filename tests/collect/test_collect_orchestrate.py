@@ -17,7 +17,7 @@ import pytest
 
 from collect_helpers import REPO, live_stress_ng, subprocess_env
 
-from vmpower.collect.kepler_server import Vm
+from kepler_server import Vm
 from vmpower.collect.orchestrate import Orchestrator, machine_spec
 from vmpower.errors import InputError
 
@@ -186,7 +186,7 @@ def test_end_to_end_run_directory_merges_and_builds_models(sshd, guest_project, 
     assert h_start <= v_first + pd.Timedelta(seconds=0.3) and h_end >= pd.Timestamp(vm[-1]["timestamp_iso"])
 
     if not (REPO / "src" / "vmpower" / "merge.py").exists():
-        pytest.skip("vmpower.merge not in this checkout; format checked above")
+        pytest.skip("vmpower.pipeline.merge not in this checkout; format checked above")
     from vmpower.cli import main
 
     merged = tmp_path / "merged.parquet"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vmpower import runtime
+from vmpower.ops import runtime
 
 pytestmark = pytest.mark.docker
 
@@ -123,7 +123,7 @@ def test_job_runs_as_invoking_user_offline_with_only_workdir(lock, tmp_path, mon
     prefix = runtime.command(job_config(tmp_path))
     assert "--user 4242:4343" in prefix
     script = (
-        "import json, os, socket, vmpower.provenance as p\n"
+        "import json, os, socket, vmpower.ops.provenance as p\n"
         "os.makedirs('results', exist_ok=True)\n"
         "open('results/out.txt', 'w').write('x')\n"
         "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=2); net = True\n"

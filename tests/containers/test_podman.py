@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vmpower import runtime
+from vmpower.ops import runtime
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(not shutil.which("podman"), reason="podman not installed")]
 
@@ -51,7 +51,7 @@ def test_podman_job(tmp_path, monkeypatch):
     config = {"runtime": "podman", "containers": {"lock": str(tmp_path / "lock.json"),
                                                   "podman_conf": str(ROOT / "containers" / "containers.conf")}}
     prefix = runtime.command(config, image="collect")
-    script = "import json, os, vmpower.provenance as p; print(json.dumps([p.image_digest(), os.getcwd()]))"
+    script = "import json, os, vmpower.ops.provenance as p; print(json.dumps([p.image_digest(), os.getcwd()]))"
     cmd = prefix.rsplit(" -m vmpower", 1)[0] + f" -c '{script}'"
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=wd)
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""vmpower.runtime without a container engine: the runner command, image references, checks."""
+"""vmpower.ops.runtime without a container engine: the runner command, image references, checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vmpower import runtime
+from vmpower.ops import runtime
 from vmpower.errors import InputError
 
 ID = "sha256:" + "a" * 64

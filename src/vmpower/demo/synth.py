@@ -16,6 +16,7 @@ import logging
 import math
 from pathlib import Path
 
+from vmpower.paths import SCHEMAS
 from vmpower.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def load_config(paths: str | Path | list) -> dict:
     if not isinstance(doc.get("synth"), dict):
         raise InputError(path, "no 'synth:' section")
     cfg = doc["synth"]
-    schema_path = Path(__file__).resolve().parents[2] / "schemas" / "synth.schema.yaml"
+    schema_path = SCHEMAS / "synth.schema.yaml"
     if schema_path.exists():  # absent in an installed wheel; the workflow's config schema covers it
         import jsonschema
 
@@ -760,7 +761,7 @@ def generate(cfg: dict, out: Path) -> dict:
         nt_dir = out / nt_name
         runs = nt.get("runs", cfg["runs"])
         if nt.get("profile") == "legacy":  # the seed collectors' format (synth_legacy.py)
-            from vmpower import synth_legacy
+            from vmpower.demo import legacy as synth_legacy
 
             expected: set[Path] = set()
             stats = synth_legacy.write_node_type(cfg, nt_name, nt, runs, nt_dir,

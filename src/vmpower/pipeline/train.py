@@ -17,7 +17,7 @@ import pandas as pd
 
 from vmpower.errors import InputError
 from vmpower.io import atomic_path, write_json, write_parquet
-from vmpower.trainers import TRAINERS, TREE_TRAINERS, fit_notes, fit_pipeline, make_pipeline  # noqa: F401 (train.TRAINERS)
+from vmpower.pipeline.trainers import TRAINERS, TREE_TRAINERS, fit_notes, fit_pipeline, make_pipeline  # noqa: F401 (train.TRAINERS)
 
 META_COLUMNS = {"run_id", "time", "t_rel", "time_delta_seconds", "stress_workload", "n_host_samples", "time_diff"}
 
@@ -37,7 +37,7 @@ def group_matches(name: str, patterns: list[str]) -> bool:
     """Whether a column belongs to a feature group: it (or, for an engineered column such as
     ``<base>_mean<w>s`` or ``<base>_hinge<k>``, its base feature) matches an entry, and no
     ``!pattern`` entry excludes it."""
-    from vmpower.engineer import base_feature
+    from vmpower.pipeline.engineer import base_feature
 
     names = [name]
     base = base_feature(name)
@@ -254,7 +254,7 @@ def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: dict, p
     held = folds >= 0
     holdout = data.loc[held, ["run_id", "time", "t_rel", "stress_workload", *features]].reset_index(drop=True)
     holdout = pd.concat([holdout, pd.DataFrame(columns)], axis=1)
-    from vmpower import engineer
+    from vmpower.pipeline import engineer
 
     report = {
         **base,

@@ -482,7 +482,7 @@ def cmd_models(args) -> int:
 
 def provenance_summary(node_type: str, run_files: list[str], records: list[str], locks: list[str],
                        image_lock: str | None) -> dict:
-    from vmpower.provenance import input_checksums
+    from vmpower.ops.provenance import input_checksums
 
     runs: dict = {}
     for path, digest in input_checksums(run_files).items():

@@ -8,7 +8,7 @@ Features are computed from raw VM samples by the pipeline's own code (``ingest``
 ``merge.vm_feature_frame`` with the model's ingest settings), so inference sees exactly what
 training saw. The exporter computes the same features of its last two live records with
 ``LiveFeatures`` (no pandas per tick; tested equal to the pipeline's code). Model selection
-(vmpower.selection), the fallback chain predict and serve share (vmpower.fallback), confidence
+(vmpower.serving.selection), the fallback chain predict and serve share (vmpower.serving.fallback), confidence
 and the machine distance are documented in docs/deploy.md.
 """
 
@@ -25,13 +25,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmpower.paths import CONFIG
 from vmpower.configcheck import check_file
 from vmpower.errors import InputError
-from vmpower.selection import DEFAULT_OUTPUT_TYPE, usable_status
+from vmpower.serving.selection import DEFAULT_OUTPUT_TYPE, usable_status
 
-log = logging.getLogger("vmpower.predict")
+log = logging.getLogger("vmpower.serving.predict")
 
-MANIFEST = "manifest.sha256"  # same name as vmpower.export (not imported: it pulls in pandas)
+MANIFEST = "manifest.sha256"  # same name as vmpower.pipeline.export (not imported: it pulls in pandas)
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 # The seed's validation.confidence_threshold (serve --confidence-threshold).
 DEFAULT_CONFIDENCE_THRESHOLD = 0.7
@@ -43,8 +44,8 @@ LIVE = Path("<live>")  # the "file" named in errors about live samples
 
 def read_artifact(path: str | Path, limits=None) -> dict[str, bytes]:
     """All files of an exported model (directory or .zip), by relative name, read once, with
-    their sizes bounded by ``limits`` (vmpower.archive)."""
-    from vmpower.archive import read_model_files
+    their sizes bounded by ``limits`` (vmpower.serving.archive)."""
+    from vmpower.serving.archive import read_model_files
 
     return read_model_files(path, limits)
 
@@ -226,11 +227,11 @@ class Model:
 def load_settings(config: str | None, metadata: dict | None = None):
     """Ingest settings (cumulative/perf/non-features): from --config when given, else from the
     model's metadata (exported since the settings are recorded there), else ./config.yaml."""
-    from vmpower.merge import MergeSettings
+    from vmpower.pipeline.merge import MergeSettings
 
     if not config and metadata and isinstance(metadata.get("ingest"), dict):
         return MergeSettings.from_config({"ingest": metadata["ingest"]})
-    candidates = [Path(config)] if config else [Path("config.yaml"), Path(__file__).resolve().parents[2] / "config.yaml"]
+    candidates = [Path(config)] if config else [Path("config.yaml"), CONFIG]
     for p in candidates:
         if p.is_file():
             try:
@@ -251,7 +252,7 @@ def rate_features(settings, names) -> set[str]:
 
 def perf_inputs(settings, names) -> list[str]:
     """Features that need perf counters (directly or as the base of an engineered input)."""
-    from vmpower.engineer import base_feature
+    from vmpower.pipeline.engineer import base_feature
 
     out = []
     for n in names:
@@ -264,7 +265,7 @@ def perf_inputs(settings, names) -> list[str]:
 
 def frame_features(raw, settings):
     """(features frame, skip reasons) of a RawTable, exactly as ingest computes them."""
-    from vmpower.merge import vm_feature_frame
+    from vmpower.pipeline.merge import vm_feature_frame
 
     feats, _names, _notes = vm_feature_frame(raw, settings)
     return feats, feats.pop("_drop")
@@ -279,7 +280,7 @@ def for_model(settings, model: Model):
 def for_features(settings, names):
     import dataclasses
 
-    from vmpower import engineer
+    from vmpower.pipeline import engineer
 
     return dataclasses.replace(settings, hinges=engineer.hinge_knots(list(names)))
 
@@ -306,7 +307,7 @@ def predict_file(model: Model, input_path: str | Path, settings, limits=None):
     import numpy as np
     import pandas as pd
 
-    from vmpower import ingest
+    from vmpower.pipeline import ingest
 
     raw = ingest.read_vm_features(input_path, limits)
     settings = for_model(settings, model)
@@ -341,7 +342,7 @@ def live_frame(prev: dict, cur: dict, settings):
     import pandas as pd
     import pyarrow as pa
 
-    from vmpower import ingest
+    from vmpower.pipeline import ingest
 
     keys = list(dict.fromkeys([*prev, *cur]))  # from_pylist would take the first record's keys only
     df = ingest._to_frame(pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in (prev, cur)]))
@@ -387,7 +388,7 @@ class LiveFeatures:
     ``rate_gap`` or None, as the pipeline's ``_drop`` column of that row."""
 
     def __init__(self, settings):
-        from vmpower.engineer import hinge_name
+        from vmpower.pipeline.engineer import hinge_name
 
         self.s = settings
         self._flags: dict[str, tuple[bool, bool, bool]] = {}  # field -> (cumulative, perf, non-feature)
@@ -491,20 +492,20 @@ class LiveFeatures:
     def _naive_times(prev: dict, cur: dict):
         import pandas as pd
 
-        from vmpower import ingest
+        from vmpower.pipeline import ingest
 
         if "timestamp_iso" not in prev and "timestamp_iso" not in cur:
             raise InputError(LIVE, "samples have neither timestamp_absolute nor timestamp_iso")
         return ingest.naive_seconds(pd.Series([prev.get("timestamp_iso"), cur.get("timestamp_iso")]), LIVE)
 
 
-# ---------------------------------------------------------------- serve (the exporter is in vmpower.exporter)
+# ---------------------------------------------------------------- serve (the exporter is in vmpower.serving.exporter)
 
 
 def __getattr__(name: str):
     """predict.Exporter / predict.run_exporter keep working (imported lazily: exporter imports predict)."""
     if name in ("Exporter", "run_exporter", "SOURCES", "SAMPLE_ERROR"):
-        from vmpower import exporter
+        from vmpower.serving import exporter
 
         return getattr(exporter, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -514,8 +515,8 @@ def cmd_serve(args) -> int:
     import socket
 
     from vmpower.collect.common import stop_on_signals
-    from vmpower.exporter import run_exporter
-    from vmpower.fallback import resolve_chain
+    from vmpower.serving.exporter import run_exporter
+    from vmpower.serving.fallback import resolve_chain
 
     if args.config:  # a bad config fails first, in one line
         check_file(args.config)
@@ -568,7 +569,7 @@ def _model_args(p) -> None:
 
 
 def _chain_args(p) -> None:
-    """The fallback chain's options: predict and serve walk the same chain (vmpower.fallback)."""
+    """The fallback chain's options: predict and serve walk the same chain (vmpower.serving.fallback)."""
     p.add_argument("--no-fallback", action="store_true",
                    help="with a results directory: use only the selected model (no fallback to other groups)")
     p.add_argument("--confidence-threshold", type=_fraction, default=DEFAULT_CONFIDENCE_THRESHOLD,
@@ -580,7 +581,7 @@ def _chain_args(p) -> None:
 
 
 def cmd_predict(args) -> int:
-    from vmpower.fallback import cmd_predict as run
+    from vmpower.serving.fallback import cmd_predict as run
 
     return run(args)
 

@@ -7,12 +7,12 @@ import logging
 import math
 import time
 
-from vmpower.energy import NodeEnergy
+from vmpower.serving.energy import NodeEnergy
 from vmpower.errors import InputError
-from vmpower.predict import (DEFAULT_CONFIDENCE_THRESHOLD, LiveFeatures, Model, for_features,
+from vmpower.serving.predict import (DEFAULT_CONFIDENCE_THRESHOLD, LiveFeatures, Model, for_features,
                              rate_features)
 
-log = logging.getLogger("vmpower.predict")
+log = logging.getLogger("vmpower.serving.predict")
 
 
 # ---------------------------------------------------------------- serve
@@ -271,19 +271,19 @@ def run_exporter(models, settings, *, port: int, address: str, interval: float, 
                  low_confidence: str = "report", idle_source=None, powercap_dir=None, limits=None) -> None:
     """Collect live features every ``interval`` s with the guest collector and serve /metrics.
     ``idle_source``: the --model path, searched for the node_type's idle power (find_idle);
-    ``powercap_dir``: keep a RAPL-shaped tree of the modelled energy there (vmpower.powercap);
+    ``powercap_dir``: keep a RAPL-shaped tree of the modelled energy there (vmpower.serving.powercap);
     ``limits``: vmpower.limits.Limits (HTTP server, Kepler answers, record width)."""
     import os
 
     from prometheus_client import disable_created_metrics
 
     from vmpower import limits as limits_mod
-    from vmpower import metrics_http
+    from vmpower.serving import metrics_http
 
     from vmpower.collect import features as collect_features
     from vmpower.collect.common import Schedule
-    from vmpower.energy import find_idle
-    from vmpower.powercap import PowercapTree
+    from vmpower.serving.energy import find_idle
+    from vmpower.serving.powercap import PowercapTree
 
     disable_created_metrics()  # *_created series only add noise to every scrape
     idle, where = find_idle(models, idle_source)

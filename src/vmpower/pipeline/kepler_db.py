@@ -40,7 +40,7 @@ import numpy as np
 
 from vmpower.errors import InputError
 from vmpower.io import dumps_json
-from vmpower.kepler_weights import KEPLER_FEATURES, WEIGHT_FILE
+from vmpower.pipeline.kepler_weights import KEPLER_FEATURES, WEIGHT_FILE
 
 ENERGY_SOURCE = "rapl-sysfs"
 # kepler-model-server 0.7.11's FeatureGroup enum and each group's features (util/train_types.py).
@@ -128,7 +128,7 @@ def check_points(meta: dict) -> np.ndarray:
 
 def read_models(roots: list[str]) -> list[tuple[Path, dict, dict[str, bytes]]]:
     """Every exported model directory under ``roots`` (manifest-verified): (dir, metadata, files)."""
-    from vmpower.predict import read_artifact, verify_manifest
+    from vmpower.serving.predict import read_artifact, verify_manifest
 
     found = []
     for root in roots:
@@ -154,7 +154,7 @@ def exclusion(meta: dict) -> str | None:
 
 def build_entry(meta: dict, files: dict[str, bytes], index: int, tolerance: float) -> tuple[str, str, dict[str, bytes]]:
     """(Kepler feature group, model name, files of the model directory) for one vmpower model."""
-    from vmpower.export import onnx_predict
+    from vmpower.pipeline.export import onnx_predict
 
     weights = json.loads(files[WEIGHT_FILE])
     kfeat = [KEPLER_FEATURES[f] for f in meta["features"]]
@@ -227,7 +227,7 @@ def node_type_index_json(mapping: dict) -> dict:
 
 def write_db(out: Path, pipeline: str, mapping: dict, entries: dict, excluded: list, zip_date: tuple) -> None:
     """The pipeline directory, replaced whole (built beside it, then renamed)."""
-    from vmpower.export import write_zip
+    from vmpower.pipeline.export import write_zip
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{pipeline}.", dir=out))

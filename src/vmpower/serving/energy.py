@@ -24,9 +24,9 @@ import threading
 import zipfile
 from pathlib import Path
 
-from vmpower.powercap import layout, sysfs_path
+from vmpower.serving.powercap import layout, sysfs_path
 
-log = logging.getLogger("vmpower.predict")
+log = logging.getLogger("vmpower.serving.predict")
 # Kepler's states: total, active (above idle), idle.
 HELP = {None: "total", "active": "active (above the node_type's idle power)",
         "idle": "idle (the node_type's isolated idle power, at most the total)"}
@@ -132,7 +132,7 @@ def find_idle(models, model_arg: str | Path | None = None) -> tuple[dict[str, fl
     zips = [p for p in sorted(root.rglob("*.zip")) if p.with_suffix("") not in dirs]
     for path in [*dirs, *zips]:
         from vmpower.errors import InputError
-        from vmpower.selection import read_metadata
+        from vmpower.serving.selection import read_metadata
 
         try:
             meta = read_metadata(path)

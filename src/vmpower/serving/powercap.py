@@ -26,7 +26,7 @@ from pathlib import Path
 from vmpower.errors import InputError
 from vmpower.io import write_text
 
-log = logging.getLogger("vmpower.powercap")
+log = logging.getLogger("vmpower.serving.powercap")
 
 CONTROL_TYPE = "intel-rapl"
 # What Intel parts report: 2^32 energy-status units of 61.035 uJ (the testdata of Kepler's RAPL reader has it too).

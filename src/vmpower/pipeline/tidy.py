@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from vmpower import ingest
+from vmpower.pipeline import ingest
 from vmpower.errors import InputError
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 def _register_converters() -> None:
     """XGBoost's converter (onnxmltools) and vmpower's KNN (skl2onnx's KNN converter: the native
-    predict follows that graph, see vmpower.trainers)."""
+    predict follows that graph, see vmpower.pipeline.trainers)."""
     from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
     from skl2onnx import update_registered_converter
     from skl2onnx.common.shape_calculator import calculate_linear_regressor_output_shapes
@@ -25,7 +25,7 @@ def _register_converters() -> None:
     from skl2onnx.shape_calculators.nearest_neighbours import calculate_sklearn_nearest_neighbours_regressor
     from xgboost import XGBRegressor
 
-    from vmpower.trainers import TieStableKNeighborsRegressor
+    from vmpower.pipeline.trainers import TieStableKNeighborsRegressor
 
     update_registered_converter(
         XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
@@ -60,7 +60,7 @@ def to_onnx(pipeline, n_features: int, trainer: str, graph_name: str, opset: int
     from skl2onnx.common.data_types import DoubleTensorType
     from sklearn.pipeline import Pipeline
 
-    from vmpower.trainers import TREE_TRAINERS
+    from vmpower.pipeline.trainers import TREE_TRAINERS
 
     steps = pipeline.steps
     if trainer in TREE_TRAINERS:

@@ -18,7 +18,7 @@ KEY_PACKAGES = (
     "onnx", "onnxruntime", "skl2onnx", "onnxmltools",
 )
 
-# Set by the container runner (vmpower.runtime) to the locked image digest; absent locally.
+# Set by the container runner (vmpower.ops.runtime) to the locked image digest; absent locally.
 IMAGE_DIGEST_ENV = "VMPOWER_IMAGE_DIGEST"
 
 

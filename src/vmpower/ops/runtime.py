@@ -10,7 +10,7 @@
 * ``apptainer`` -- plain ``python3 -m vmpower``: ``snakemake --sdm apptainer`` wraps each job
   in the image named by the rules' ``container:`` directive (:func:`container_ref`).
 
-Every job exports ``VMPOWER_IMAGE_DIGEST`` (see :mod:`vmpower.provenance`); ``vmpower
+Every job exports ``VMPOWER_IMAGE_DIGEST`` (see :mod:`vmpower.ops.provenance`); ``vmpower
 check-images`` fails when a provenance record names another image than the locked one.
 
 Kept free of third-party imports except PyYAML (loaded lazily): Snakemake imports this module

@@ -378,7 +378,7 @@ class FakeKepler:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vmpower.collect.kepler_server --vm-name NAME [--port P] [--version 0.7]``"""
+    """``python -m kepler_server --vm-name NAME [--port P] [--version 0.7]``"""
     import argparse
     import uuid
 

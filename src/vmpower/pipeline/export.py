@@ -2,7 +2,7 @@
 model with onnxruntime, packed into a zip archive with Kepler v0.7's weight.json where Kepler
 can read one (kepler_weights.py; kepler_db.py exports for kepler-model-server); then pick the best models.
 
-ONNX inputs are float64, like the native pipelines (conversion: vmpower.onnx_convert). A model
+ONNX inputs are float64, like the native pipelines (conversion: vmpower.pipeline.onnx_convert). A model
 whose ONNX files do not reproduce it is exported with status onnx_mismatch (metadata and
 manifest, no ONNX file): it is never selected, and its group's other models still export.
 """
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vmpower import provenance
+from vmpower.ops import provenance
 from vmpower.errors import InputError
 from vmpower.io import atomic_path, dumps_json, sha256_file, write_json
-from vmpower.onnx_convert import onnx_predict, to_onnx  # noqa: F401 (export.to_onnx, export.onnx_predict)
+from vmpower.pipeline.onnx_convert import onnx_predict, to_onnx  # noqa: F401 (export.to_onnx, export.onnx_predict)
 
 MANIFEST = "manifest.sha256"
 
@@ -62,7 +62,7 @@ def training_data(features: list[str], report: dict, holdout: pd.DataFrame, data
     (train.select_features), which checks that the data set is the one trained on. Metrics from
     before train recorded it fall back to the held-out rows, which are the same rows whenever the
     model was evaluated leave-one-run-out (two runs or more)."""
-    from vmpower.train import training_data as summarise
+    from vmpower.pipeline.train import training_data as summarise
 
     if dataset:
         dropped = (report.get("feature_report") or {}).get("dropped") or {}
@@ -158,7 +158,7 @@ def build_model(spec: dict, args, settings: dict, shared: dict) -> tuple[dict, d
     features, zones = bundle["features"], bundle["zones"]
     name = model_name(trainer, args.node_type)
 
-    from vmpower.train import TRAINERS
+    from vmpower.pipeline.train import TRAINERS
 
     metadata = {
         "model_name": name,
@@ -204,7 +204,7 @@ def build_model(spec: dict, args, settings: dict, shared: dict) -> tuple[dict, d
             metadata["status"], metadata["reason"] = failure
         elif TRAINERS[trainer][2]:
             # Kepler v0.7's weight.json, in Kepler's feature names, or the reason there is none.
-            from vmpower.kepler_weights import WEIGHT_FILE, kepler_weight_json
+            from vmpower.pipeline.kepler_weights import WEIGHT_FILE, kepler_weight_json
 
             ranges = metadata["training_data"].get("feature_ranges")
             weights, why = kepler_weight_json(bundle["models"], features, zones, name, ranges)

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vmpower import counters, engineer, ingest, quality as run_quality, tidy, vmframe
+from vmpower.paths import CONFIG
+from vmpower.pipeline import counters, engineer, ingest, quality as run_quality, tidy, vmframe
 from vmpower.errors import InputError
 from vmpower.io import write_json, write_parquet
 
@@ -65,7 +66,7 @@ class MergeSettings:
     counter_detection: dict = field(default_factory=lambda: {"max_resets": 2, "size_ratio": 2.0, "min_samples": 10})
     non_features: list[str] = field(default_factory=list)
     perf_features: list[str] = field(default_factory=list)
-    # Lag estimate recorded in the quality report (features.lag_*; vmpower.engineer).
+    # Lag estimate recorded in the quality report (features.lag_*; vmpower.pipeline.engineer).
     lag_feature: str = "cpu_utilization"
     # kepler_interval alignment (see kepler_intervals()).
     offset_search_seconds: float = 2.0
@@ -77,7 +78,7 @@ class MergeSettings:
     max_lag_seconds: float = 15.0
     # kepler_interval offset search: regressors of the label fit (plus lag_feature and hinges).
     offset_features: list[str] = field(default_factory=list)
-    # Per-sample hinge basis {feature: [knots]} (features.hinges; vmpower.engineer.hinges).
+    # Per-sample hinge basis {feature: [knots]} (features.hinges; vmpower.pipeline.engineer.hinges).
     hinges: dict = field(default_factory=dict)
     # Input bounds (the config's limits section over the schema's defaults; vmpower.limits).
     limits: dict = field(default_factory=dict)
@@ -598,7 +599,7 @@ def _settings(args) -> MergeSettings:
 def _bundled_ingest_settings() -> MergeSettings:
     import yaml
 
-    path = Path(__file__).resolve().parents[2] / "config.yaml"
+    path = CONFIG
     if not path.is_file():
         raise InputError(path, "no bundled config.yaml: pass --config")
     cfg = yaml.safe_load(path.read_text()) or {}
@@ -638,7 +639,7 @@ def cmd_dataset(args) -> int:
     summary["run_quality"] = qualities
     # What the runs' counters were (counters.py), for whoever computes these features live.
     summary["counter_semantics"] = counters.combine({r: q.get("vm_counter_semantics") or {} for r, q in qualities.items()})
-    # Feature engineering (vmpower.engineer): lag-corrected labels and causal windowed features.
+    # Feature engineering (vmpower.pipeline.engineer): lag-corrected labels and causal windowed features.
     eng = engineer.settings_from(json.loads(args.settings) if args.settings else {})
     if eng["lag_correction"] or eng["windows"]:
         features = [c for c in data.columns if c not in ("run_id", "time", "t_rel", "time_delta_seconds",

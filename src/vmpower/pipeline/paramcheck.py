@@ -15,7 +15,7 @@ import re
 from numbers import Integral, Real
 
 from vmpower.configcheck import Problem
-from vmpower.trainers import TRAINERS
+from vmpower.pipeline.trainers import TRAINERS
 
 # Set by vmpower for every fit (trainers.make_pipeline): a value in the config would be ignored.
 _RESERVED = {"random_state": "set from train.seed", "n_jobs": "always 1, so results do not depend on the core count"}

@@ -1,7 +1,7 @@
 """The fallback chain of ``vmpower predict`` and ``vmpower serve``.
 
 The chain is the selected model, then the node_type's best model of every other feature group
-by held-out MAE (vmpower.selection). For each sample and zone, the first model of the chain
+by held-out MAE (vmpower.serving.selection). For each sample and zone, the first model of the chain
 that has the zone, all of its inputs and a confidence at or above the threshold answers; when
 only models below the threshold have their inputs, ``low_confidence`` "report" takes the first
 of them and "drop" none. serve applies the rule tick by tick (predict.Exporter, which also
@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmpower import predict as pr
+from vmpower.serving import predict as pr
 from vmpower.errors import InputError
-from vmpower.selection import resolve_paths
+from vmpower.serving.selection import resolve_paths
 
-log = logging.getLogger("vmpower.fallback")
+log = logging.getLogger("vmpower.serving.fallback")
 
 
 def label(model: pr.Model) -> str:
@@ -126,7 +126,7 @@ def predict_chain(models, settings, input_path, *, threshold: float = pr.DEFAULT
     import numpy as np
     import pandas as pd
 
-    from vmpower import ingest
+    from vmpower.pipeline import ingest
 
     raw = ingest.read_vm_features(input_path, limits)
     inputs, drop = chain_inputs(models, settings, raw)
@@ -168,7 +168,7 @@ def _missing(models, inputs, rows, reason, top: int = 3) -> str:
     its raw feature is there), then the rows' skip reasons other than missing features."""
     import numpy as np
 
-    from vmpower.engineer import base_feature
+    from vmpower.pipeline.engineer import base_feature
 
     lacks: dict[str, list[str]] = {}
     for m, x in list(zip(models, inputs))[:top]:

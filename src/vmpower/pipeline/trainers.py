@@ -24,7 +24,7 @@ TRAINERS = {
     "SGDRegressor": ("sklearn.linear_model", "SGDRegressor", True, True, False),
     "GradientBoostingRegressor": ("sklearn.ensemble", "GradientBoostingRegressor", False, True, False),
     "XGBRegressor": ("xgboost", "XGBRegressor", False, True, True),
-    "KNeighborsRegressor": ("vmpower.trainers", "TieStableKNeighborsRegressor", False, False, True),
+    "KNeighborsRegressor": ("vmpower.pipeline.trainers", "TieStableKNeighborsRegressor", False, False, True),
 }
 TREE_TRAINERS = {"GradientBoostingRegressor", "XGBRegressor"}
 

@@ -13,7 +13,7 @@ import fnmatch
 import numpy as np
 import pandas as pd
 
-from vmpower import counters, engineer, ingest
+from vmpower.pipeline import counters, engineer, ingest
 
 
 def _matches(name: str, patterns: list[str]) -> bool:

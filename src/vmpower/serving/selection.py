@@ -1,7 +1,7 @@
 """Which exported model(s) to use: the node_type for this machine (processor match, else the
 nearest machine spec), then that node_type's best model per feature group by held-out MAE
 (results/best.json, or the models' own metadata). Shared by ``vmpower predict`` and
-``vmpower serve`` (vmpower.fallback builds their chain from it); docs/deploy.md describes it.
+``vmpower serve`` (vmpower.serving.fallback builds their chain from it); docs/deploy.md describes it.
 
 Models whose metadata records a status other than trained/ok (not trained, skipped, or failed
 the export's checks, e.g. onnx_mismatch) are never selected."""
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vmpower.errors import InputError
 
-log = logging.getLogger("vmpower.selection")
+log = logging.getLogger("vmpower.serving.selection")
 
 DEFAULT_OUTPUT_TYPE = "AbsPower"
 # Statuses of a model that can serve ("trained" as exported; "ok" in summaries).
@@ -70,7 +70,7 @@ def _norm_processor(p) -> str:
 def read_metadata(path: Path, limits=None) -> dict:
     """metadata.json of a model dir or zip, unverified (selection only; the chosen one is verified),
     size- and depth-bounded by ``limits`` (default: the built-in ones)."""
-    from vmpower.archive import read_model_files
+    from vmpower.serving.archive import read_model_files
 
     files = read_model_files(path, limits, names={"metadata.json"})
     if "metadata.json" not in files:

@@ -81,7 +81,7 @@ def iso_local(epoch, offset_seconds: float):
 # --------------------------------------------------------------------------------------- writers
 
 def vm_text(cfg: dict, nt: dict, run: dict) -> str:
-    from vmpower.synth import _fmt_int, _fmt_str, _records_text
+    from vmpower.demo.synth import _fmt_int, _fmt_str, _records_text
 
     leg, vm = cfg["legacy"], run["vm"]
     off = float(leg["utc_offset_hours"]) * 3600.0
@@ -112,7 +112,7 @@ def host_csv_text(cfg: dict, run: dict) -> str:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from vmpower.synth import _join
+    from vmpower.demo.synth import _join
 
     leg, host = cfg["legacy"], run["host"]
     watts = _watts(run)
@@ -131,7 +131,7 @@ def host_json_text(cfg: dict, run: dict, nt_name: str) -> str:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from vmpower.synth import _fmt_str, _join, _records_text, _uuid
+    from vmpower.demo.synth import _fmt_str, _join, _records_text, _uuid
 
     leg, host = cfg["legacy"], run["host"]
     watts = _watts(run)
@@ -159,7 +159,7 @@ def host_json_text(cfg: dict, run: dict, nt_name: str) -> str:
 
 def run_files(cfg: dict, nt_name: str, nt: dict, spec: dict, run_index: int) -> tuple[dict, dict]:
     """({file name: text}, run) for one run, named as the orchestrator names them."""
-    from vmpower.synth_legacy_model import simulate_run
+    from vmpower.demo.legacy_model import simulate_run
 
     run = simulate_run(cfg, nt_name, nt, spec, run_index)
     leg = cfg["legacy"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from vmpower.synth_legacy import HOST_ZONES, PERF_INTS, VM_FIELDS
+from vmpower.demo.legacy import HOST_ZONES, PERF_INTS, VM_FIELDS
 
 _ORDER = VM_FIELDS[3:-3]  # the measured columns, in the collector's order
 
@@ -63,7 +63,7 @@ def _kepler(cfg_legacy, nt, rng, edges, step, power, g0, host_true):
     the interval since the previous one plus noise (the VM's share of a noisy node power)."""
     import numpy as np
 
-    from vmpower.synth import _window_means
+    from vmpower.demo.synth import _window_means
 
     k = cfg_legacy["kepler"]
     k_int = float(k["interval_seconds"])
@@ -211,7 +211,7 @@ def simulate_run(cfg: dict, nt_name: str, nt: dict, spec: dict, run_index: int) 
     """One legacy collection session (epoch floats on each collector's clock)."""
     import numpy as np
 
-    from vmpower.synth import US, _latent, _phases, _rng, _window_means, true_power
+    from vmpower.demo.synth import US, _latent, _phases, _rng, _window_means, true_power
 
     leg = cfg["legacy"]
     rng = _rng(int(cfg["seed"]), nt_name, spec["id"], "legacy")
