@@ -84,8 +84,7 @@ def merge_settings(config: dict, **over):
     """The config's merge settings; per-sample window alignment unless a test asks for another."""
     from vmpower.pipeline import merge
 
+    import dataclasses
+
     over.setdefault("alignment", "window")
-    s = merge.MergeSettings.from_config(config)
-    for k, v in over.items():
-        setattr(s, k, v)
-    return s
+    return dataclasses.replace(merge.MergeSettings.from_config(config), **over)

@@ -127,21 +127,6 @@ def test_config_forces_the_semantics_per_field(tmp_path):
     np.testing.assert_allclose(data["sys_context_switches_rate"], 5.0e6 + 1000.0 * np.arange(60))
 
 
-@pytest.mark.parametrize("values,expect", [
-    ([0.0] * 30 + [0.01] + [0.0] * 29, "per_interval"),  # rare blips: per-interval-sized, one decrease
-    ([0.0] * 60, "per_interval"),                         # nothing happened: 0 either way
-    ([7.5] * 60, "cumulative"),                           # a counter since boot that did not move
-    (list(1e6 + 3.0 * np.arange(60)), "cumulative"),
-    (list(np.tile([5.0, 9.0], 30)), "per_interval"),      # goes down in 29 samples
-    ([1e6, 1e6 + 1, 1e6 + 2], "cumulative"),               # too few steps to tell: the configured default
-])
-def test_decide_semantics(values, expect):
-    frame = pd.DataFrame({"x": values})
-    decision = counters.decide(frame, {}, CONFIG["ingest"]["counter_detection"])["x"]
-    assert decision["semantics"] == expect
-    assert decision["decided_by"] == ("default" if len(values) < 10 else "data")
-
-
 # ---------------------------------------------------------------- no silent data loss
 
 
@@ -289,9 +274,8 @@ def test_zones_follow_the_data(tmp_path, zones):
         paths.append(str(out))
         quals.append(str(q))
     ds, summary = tmp_path / "ds.parquet", tmp_path / "ds.json"
-    settings_json = json.dumps({"zones": CONFIG["zones"]})
     assert cli.main(["merge-dataset", "--inputs", *paths, "--quality-inputs", *quals, "--output", str(ds),
-                     "--summary", str(summary), "--settings", settings_json]) == 0
+                     "--summary", str(summary), "--config", "config.yaml"]) == 0
     summary = json.loads(summary.read_text())
     assert summary["zones"] == list(zones)
     assert summary["counter_semantics"]["sys_context_switches"] == "per_interval"
@@ -303,18 +287,10 @@ def test_zones_follow_the_data(tmp_path, zones):
 
 def test_required_zones_default_is_package_only(tmp_path, seed):
     vm, _, _, host = seed
-    assert CONFIG["required_zones"] == ["package"] == merge.MergeSettings().required_zones
+    assert CONFIG["required_zones"] == ["package"] == settings().required_zones
     no_package = write_host_csv(tmp_path / "bm_power_np.csv", host.drop(columns=["total_cpu_watts_package"]))
     with pytest.raises(InputError, match=r"bm_power_np\.csv: missing zone column\(s\) total_cpu_watts_package"):
         merge.merge_run(vm, no_package, settings())
-
-
-def test_merge_settings_defaults_match_config():
-    s = merge.MergeSettings()
-    for key in ("counter_semantics", "counter_detection", "required_features"):
-        assert getattr(s, key) == CONFIG["ingest"][key], key
-    for key in ("min_kept_fraction", "quality_warnings", "min_match_rate"):
-        assert getattr(s, key) == CONFIG["merge"][key], key
 
 
 def test_unsorted_cumulative_counter_is_sorted_before_its_rate(tmp_path):
@@ -333,8 +309,3 @@ def test_an_empty_optional_zone_is_left_out(tmp_path, seed):
                            settings())
     assert q["zones"] == ["package"] and q["host_zones_all_missing"] == ["dram"]
     assert "host file: zone(s) dram empty, not modelled" in q["warnings"]
-
-
-def test_node_type_semantics_combine_runs():
-    runs = {"a": {"x": "per_interval", "y": "cumulative"}, "b": {"x": "per_interval", "y": "per_interval"}, "c": {}}
-    assert counters.combine(runs) == {"x": "per_interval", "y": "mixed"}

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from test_align import brute_window
 from helpers import host_frame, merge_settings, vm_records, write_host_csv, write_host_json, write_vm
-from vmpower.pipeline import merge
+from vmpower.pipeline import align, merge
 from vmpower.errors import InputError
 
 CONFIG = yaml.safe_load(open("config.yaml"))
@@ -25,49 +26,6 @@ def run(tmp_path):
     host_df = host_frame()
     bm = write_host_csv(tmp_path / "bm_power_t.csv", host_df)
     return vm, bm, host_df
-
-
-def brute_window(t_vm, dt, t_host, p):
-    out = []
-    for t, d in zip(t_vm, dt):
-        sel = (t_host > t - d) & (t_host <= t)
-        out.append(p[sel].mean() if sel.any() else np.nan)
-    return np.array(out)
-
-
-def test_window_alignment_matches_brute_force():
-    rng = np.random.default_rng(1)
-    t_host = np.sort(rng.uniform(0, 100, 3000))
-    p = rng.uniform(0, 50, (3000, 2))
-    t_vm = np.sort(rng.uniform(1, 99, 200))
-    dt = rng.uniform(0.5, 1.5, 200)
-    mean, count = merge.align_window(t_vm, dt, t_host, p)
-    np.testing.assert_allclose(mean[:, 1], brute_window(t_vm, dt, t_host, p[:, 1]), rtol=1e-12)
-    assert (count > 0).all()
-
-
-def seed_nearest(t_vm, t_host, p, tol):
-    """The original merge_datasets.py method: scan for the nearest host sample within tolerance."""
-    out = []
-    for t in t_vm:
-        best, best_d = None, None
-        for j, th in enumerate(t_host):
-            d = abs(th - t)
-            if d <= tol and (best_d is None or d < best_d):
-                best, best_d = j, d
-        out.append(p[best] if best is not None else np.nan)
-    return np.array(out)
-
-
-def test_nearest_alignment_matches_seed_method():
-    rng = np.random.default_rng(2)
-    t_host = np.sort(rng.uniform(0, 50, 400))
-    p = rng.uniform(0, 50, (400, 1))
-    t_vm = np.sort(rng.uniform(-1, 51, 80))
-    values, ok = merge.align_nearest(t_vm, t_host, p, 0.05)
-    ref = seed_nearest(t_vm, t_host, p[:, 0], 0.05)
-    np.testing.assert_array_equal(np.isnan(values[:, 0]), np.isnan(ref))
-    np.testing.assert_allclose(values[ok > 0, 0], ref[~np.isnan(ref)])
 
 
 def test_merge_csv_uses_naive_local_times(run):
@@ -239,7 +197,8 @@ def test_merge_dataset_engineers_windows_and_lag_per_run(tmp_path):
         paths.append(str(p))
         quals.append(str(q))
     out, summary = tmp_path / "ds.parquet", tmp_path / "ds.json"
-    eng = {"zones": ["package", "core"], "lag_correction": True, "windows": [3], "window_features": ["cpu_*"]}
+    eng = {"zones": ["package", "core"], "lag_correction": True, "windows": [3], "window_features": ["cpu_*"],
+           "min_lag_correlation": 0.5}
     assert cli.main(["merge-dataset", "--inputs", *paths, "--quality-inputs", *quals, "--output", str(out),
                      "--summary", str(summary), "--settings", json.dumps(eng)]) == 0
     data = pd.read_parquet(out)
@@ -250,31 +209,14 @@ def test_merge_dataset_engineers_windows_and_lag_per_run(tmp_path):
         # labels now line up with the features; windows restart at each run
         np.testing.assert_allclose(g["power_package"], 10 + g["cpu_utilization"])
         assert g["cpu_utilization_mean3s"].iloc[0] == g["cpu_utilization"].iloc[0]
-    # Without engineering keys (older settings) nothing changes.
+    # Engineering off: the runs stacked as they are.
+    off = {**eng, "lag_correction": False, "windows": []}
     assert cli.main(["merge-dataset", "--inputs", *paths, "--output", str(out), "--summary", str(summary),
-                     "--settings", json.dumps({"zones": ["package", "core"]})]) == 0
+                     "--settings", json.dumps(off)]) == 0
     assert len(pd.read_parquet(out)) == 240 and "engineering" not in json.loads(summary.read_text())
 
 
 # ---------------------------------------------------------------- kepler_interval alignment
-
-
-def test_interval_means_match_fine_grid_integration():
-    rng = np.random.default_rng(3)
-    b = np.cumsum(rng.uniform(0.8, 1.2, 40))
-    a = b - rng.uniform(0.7, 0.8, 40)  # gaps between the windows are not covered
-    v = rng.normal(size=(40, 2))
-    v[7, 1] = np.nan  # a NaN sample covers nothing (for all columns)
-    lo = np.array([0.5, 3.3, 10.0, 20.2])
-    hi = lo + np.array([4.0, 5.5, 0.3, 7.1])
-    means, covered = merge.interval_means(a, b, v, lo, hi)
-    grid = np.arange(0.0, 60.0, 1e-4) + 5e-5  # midpoints of a fine grid
-    k = np.searchsorted(b, grid, side="left")
-    inside = (k < 40) & (grid > a[np.minimum(k, 39)]) & np.isfinite(v[np.minimum(k, 39)]).all(axis=1)
-    for i in range(len(lo)):
-        sel = inside & (grid > lo[i]) & (grid <= hi[i])
-        np.testing.assert_allclose(covered[i], sel.sum() * 1e-4, atol=2e-4)
-        np.testing.assert_allclose(means[i], v[k[sel]].mean(axis=0), atol=1e-3)
 
 
 def kepler_pair(tmp_path, skew=0.4, n=240, power=lambda u: 2.0 * u):
@@ -286,7 +228,7 @@ def kepler_pair(tmp_path, skew=0.4, n=240, power=lambda u: 2.0 * u):
     vm = write_vm(tmp_path / "vm_features_k.json", vm_records(n=n, start=start, util=util, skew=skew))
     updates = start + 0.37 + 5.0 * np.arange(-2, n // 5 + 4)
     ends = start + np.arange(1, n + 1)  # true (host-clock) ends of the 1 s sample windows
-    means, _ = merge.interval_means(ends - 1.0, ends, power(util)[:, None], updates[:-1], updates[1:])
+    means, _ = align.interval_means(ends - 1.0, ends, power(util)[:, None], updates[:-1], updates[1:])
     label = np.nan_to_num(means[:, 0])
 
     def watts(t):
@@ -364,18 +306,6 @@ def test_hinge_basis_is_computed_per_sample_before_interval_averaging(tmp_path):
 
 
 # ---------------------------------------------------------------- issue 2 review fixes
-
-
-def test_kept_overlap_matches_a_fine_grid():
-    lo, hi = np.array([0.0, 5.0, 12.0]), np.array([5.0, 10.0, 13.0])  # [10, 12) not kept
-    a = np.array([-1.0, 4.5, 9.8, 11.5, 12.2, 20.0])
-    b = a + 1.0
-    grid = np.linspace(-2, 22, 240001)
-    inside = ((grid[:, None] >= lo) & (grid[:, None] < hi)).any(axis=1)
-    step = grid[1] - grid[0]
-    expect = [inside[(grid >= x) & (grid < y)].sum() * step for x, y in zip(a, b)]
-    np.testing.assert_allclose(merge.kept_overlap(lo, hi, a, b), expect, atol=2e-4)
-    assert merge.kept_overlap(lo[:0], hi[:0], a, b).tolist() == [0.0] * len(a)
 
 
 def test_kepler_interval_match_rate_counts_samples_that_straddle_an_update(tmp_path):

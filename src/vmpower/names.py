@@ -9,6 +9,11 @@ from __future__ import annotations
 POWER_PREFIX = "power_"
 ZONES = ("package", "core", "dram", "uncore")
 OUTPUT_TYPES = ("AbsPower", "DynPower")
+# A merged row's bookkeeping columns (not features, not labels): before the features and after
+# the power columns, in this order (merge.stack_runs writes datasets so).
+LEADING_COLUMNS = ("run_id", "time", "t_rel", "time_delta_seconds", "stress_workload")
+TRAILING_COLUMNS = ("n_host_samples", "time_diff")
+META_COLUMNS = frozenset(LEADING_COLUMNS + TRAILING_COLUMNS)
 
 # Trainers whose models are tree ensembles (ONNX TreeEnsemble; feature importances in the report).
 TREE_TRAINERS = frozenset({"GradientBoostingRegressor", "XGBRegressor"})

@@ -31,24 +31,32 @@ import re
 import numpy as np
 import pandas as pd
 
+from vmpower.errors import InputError
+from vmpower.names import LEADING_COLUMNS, POWER_PREFIX, TRAILING_COLUMNS, power_column
+
 HINGE_SUFFIX = re.compile(r"^(?P<base>.+)_hinge(?P<k>-?\d+(?:\.\d+)?)$")
 WINDOW_SUFFIX = re.compile(r"^(?P<base>.+)_mean(?P<w>\d+(?:\.\d+)?)s$")
-DEFAULTS = {
-    "lag_feature": "cpu_utilization",
-    "lag_zone": "package",
-    "max_lag_seconds": 15.0,
-    "min_lag_correlation": 0.5,
-    "lag_correction": False,
-    "windows": [],
-    "window_features": ["*"],
-    "hinges": {},
-}
+# The keys of the config's ``features`` section this module reads (their defaults: config.yaml
+# and its schema). The workflow passes them as the merge-dataset step's --settings.
+KEYS = ("lag_feature", "lag_zone", "max_lag_seconds", "min_lag_correlation", "lag_correction", "windows",
+        "window_features", "hinges")
+# What the dataset step (engineer_dataset) needs.
+DATASET_KEYS = ("lag_correction", "windows", "window_features", "min_lag_correlation")
 
 
 def settings_from(cfg: dict) -> dict:
-    """Engineering settings from the ``features`` section (or a flat dict); absent keys = off."""
-    section = cfg.get("features", cfg) if isinstance(cfg.get("features"), dict) else cfg
-    return {k: section.get(k, v) for k, v in DEFAULTS.items()}
+    """The engineering keys set in a config's ``features`` section (or in a flat mapping), as
+    given: no defaults here (an absent key is absent; engineer_dataset requires its keys)."""
+    section = cfg["features"] if isinstance(cfg.get("features"), dict) else cfg
+    return {k: section[k] for k in KEYS if k in section}
+
+
+def require(s: dict, keys, source: str = "settings") -> dict:
+    """``s`` when it holds every key of ``keys``, else a one-line error naming the missing ones."""
+    missing = [k for k in keys if k not in s]
+    if missing:
+        raise InputError(source, f"missing feature engineering setting(s) {', '.join(missing)} (config features section)")
+    return s
 
 
 def window_name(feature: str, seconds: float) -> str:
@@ -128,20 +136,20 @@ def estimate_lag(t: np.ndarray, x: np.ndarray, y: np.ndarray, max_lag_seconds: f
     return out
 
 
-def run_lag(frame: pd.DataFrame, s: dict) -> dict:
-    """The lag of one merged run (rows of one run, time-ordered)."""
-    feat, zone = s["lag_feature"], f"power_{s['lag_zone']}"
-    if feat not in frame or zone not in frame:
-        return {"lag_seconds": None, "reason": f"needs {feat} and {zone}"}
-    info = estimate_lag(frame["time"].to_numpy("float64"), frame[feat].to_numpy("float64"),
-                        frame[zone].to_numpy("float64"), float(s["max_lag_seconds"]))
-    return {"feature": feat, "zone": s["lag_zone"], **info}
+def run_lag(frame: pd.DataFrame, feature: str, zone: str, max_lag_seconds: float) -> dict:
+    """The lag of one merged run (rows of one run, time-ordered) of ``zone``'s power behind ``feature``."""
+    col = power_column(zone)
+    if feature not in frame or col not in frame:
+        return {"lag_seconds": None, "reason": f"needs {feature} and {col}"}
+    info = estimate_lag(frame["time"].to_numpy("float64"), frame[feature].to_numpy("float64"),
+                        frame[col].to_numpy("float64"), float(max_lag_seconds))
+    return {"feature": feature, "zone": zone, **info}
 
 
 def apply_lag(df: pd.DataFrame, lags: dict[str, float]) -> tuple[pd.DataFrame, dict]:
     """Pair each row's features with its run's label ``lag`` seconds later (nearest sample of the
     same run within half a sample spacing). Rows without such a label are dropped."""
-    power = [c for c in df.columns if c.startswith("power_")]
+    power = [c for c in df.columns if c.startswith(POWER_PREFIX)]
     parts, dropped = [], {}
     for run, g in df.groupby("run_id", sort=True):
         lag = float(lags.get(str(run)) or 0.0)
@@ -201,15 +209,15 @@ def engineer(df: pd.DataFrame, features: list[str], s: dict, run_lags: dict[str,
     """Stacked merged runs -> (lag-corrected labels, windowed features), plus a report."""
     df = df.sort_values(["run_id", "time"], kind="stable").reset_index(drop=True)
     # A lag is trusted only where load and power clearly move together (not in idle runs).
-    floor = float(s.get("min_lag_correlation", 0.5))
+    floor = float(s["min_lag_correlation"])
     lags = {
         r: (q or {}).get("lag_seconds") if ((q or {}).get("correlation") or -1) >= floor else 0.0
         for r, q in sorted(run_lags.items())
     }
     report: dict = {"lag_correction": bool(s["lag_correction"]), "min_lag_correlation": floor,
                     "run_lags_seconds": lags}
-    windows = [float(w) for w in s.get("windows") or []]
-    wfeats = window_columns(df, features, list(s.get("window_features") or []), windows)
+    windows = [float(w) for w in s["windows"] or []]
+    wfeats = window_columns(df, features, list(s["window_features"] or []), windows)
     if windows and wfeats:
         df = pd.concat([df, rolling_means(df, wfeats, windows)], axis=1)
     report["windows_seconds"] = windows
@@ -224,7 +232,8 @@ def engineer(df: pd.DataFrame, features: list[str], s: dict, run_lags: dict[str,
 
 
 def describe(features: list[str], s: dict) -> dict:
-    """What an exporter must compute for these model inputs (recorded in model metadata)."""
+    """What an exporter must compute for these model inputs (recorded in model metadata);
+    ``s``: the engineering settings used (settings_from; a key not given is recorded as null)."""
     windowed, hinged = {}, {}
     for f in features:
         hb = hinge_base(f)
@@ -247,3 +256,28 @@ def describe(features: list[str], s: dict) -> dict:
             "note": "training labels were taken lag seconds after the features; inference needs no shift",
         },
     }
+
+
+# ---------------------------------------------------------------- the node_type dataset
+
+
+def dataset_features(data: pd.DataFrame) -> list[str]:
+    """The numeric feature columns of a stacked dataset (not bookkeeping, not power)."""
+    meta = set(LEADING_COLUMNS) | set(TRAILING_COLUMNS)
+    return [c for c in data.columns if c not in meta and not c.startswith(POWER_PREFIX)
+            and pd.api.types.is_float_dtype(data[c].dtype)]
+
+
+def engineer_dataset(data: pd.DataFrame, qualities: dict[str, dict], s: dict,
+                     source: str = "settings") -> tuple[pd.DataFrame, dict | None]:
+    """The merge-dataset step's feature engineering on the stacked runs: lag-corrected labels
+    and causal windowed features (``s``: the features section's keys, DATASET_KEYS required).
+    Returns (dataset, report), report None when neither is configured."""
+    require(s, DATASET_KEYS, source)
+    if not (s["lag_correction"] or s["windows"]):
+        return data, None
+    # Interval rows already pair each label with the interval it describes: no lag to correct.
+    lags = {r: None if q.get("alignment") == "kepler_interval" else q.get("lag") for r, q in qualities.items()}
+    data, report = engineer(data, dataset_features(data), s, lags)
+    tail = list(TRAILING_COLUMNS)
+    return data[[c for c in data.columns if c not in tail] + tail], report

@@ -10,16 +10,28 @@ Dynamic power is clipped at 0 (an estimate below idle is noise, not negative pow
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pandas as pd
 
 from vmpower.errors import InputError
 from vmpower.io import write_json, write_parquet
+from vmpower.names import power_column, zone_of
+from vmpower.settings import Section
+
+
+@dataclasses.dataclass(frozen=True)
+class IsolateSettings(Section):
+    """The config's ``isolate`` section (defaults: config.yaml and its schema)."""
+
+    method: str
+    idle_workloads: list
+    idle_runs: dict  # {node_type: [run_id, ...]}
 
 
 def power_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c.startswith("power_")]
+    return [c for c in df.columns if zone_of(c) is not None]
 
 
 def idle_runs(df: pd.DataFrame, idle_workloads: list[str], listed: list[str]) -> list[str]:
@@ -42,41 +54,53 @@ def idle_power(df: pd.DataFrame, method: str, idle_workloads: list[str], listed:
             info["fallback_reason"] = "no idle run for this node_type"
     else:
         raise ValueError(f"unknown isolator {method!r}")
-    return {c.removeprefix("power_"): float(idle[c]) for c in cols}, info
+    return {zone_of(c): float(idle[c]) for c in cols}, info
 
 
 def dyn_power(df: pd.DataFrame, idle: dict) -> tuple[pd.DataFrame, dict]:
     out = df.copy()
     clipped = {}
     for zone, watts in idle.items():
-        col = f"power_{zone}"
+        col = power_column(zone)
         dyn = out[col] - watts
         clipped[zone] = float((dyn < 0).mean())
         out[col] = dyn.clip(lower=0.0)
     return out, clipped
 
 
+def isolate(df: pd.DataFrame, node_type: str, s: IsolateSettings) -> tuple[pd.DataFrame, dict]:
+    """(DynPower dataset, isolation metadata) of a node_type's AbsPower dataset."""
+    idle, info = idle_power(df, s.method, s.idle_workloads, s.idle_runs.get(node_type, []))  # not listed: none
+    dyn, clipped = dyn_power(df, idle)
+    return dyn, {
+        "node_type": node_type,
+        "requested_method": s.method,
+        **info,
+        "idle_power_watts": idle,
+        "dyn_clipped_fraction": clipped,
+        "rows": int(len(df)),
+    }
+
+
+def _settings(args) -> IsolateSettings:
+    if args.settings:
+        return IsolateSettings.build(json.loads(args.settings), "--settings")
+    from vmpower import settings
+    from vmpower.paths import CONFIG
+
+    path = args.config or CONFIG
+    return IsolateSettings.build(settings.load(path)["isolate"], str(path))
+
+
 def cmd_isolate(args) -> int:
-    settings = json.loads(args.settings)
+    s = _settings(args)
     df = pd.read_parquet(args.dataset)
     if df.empty:
         raise InputError(args.dataset, "dataset has no rows")
-    listed = settings.get("idle_runs", {}).get(args.node_type, [])
-    idle, info = idle_power(df, settings["method"], settings["idle_workloads"], listed)
-    dyn, clipped = dyn_power(df, idle)
+    dyn, info = isolate(df, args.node_type, s)
     write_parquet(df, args.abs_output)
     write_parquet(dyn, args.dyn_output)
-    write_json(
-        {
-            "node_type": args.node_type,
-            "requested_method": settings["method"],
-            **info,
-            "idle_power_watts": idle,
-            "dyn_clipped_fraction": clipped,
-            "rows": int(len(df)),
-        },
-        args.info,
-    )
+    write_json(info, args.info)
     return 0
 
 
@@ -87,5 +111,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--abs-output", required=True)
     p.add_argument("--dyn-output", required=True)
     p.add_argument("--info", required=True, help="isolation metadata JSON (method, idle power per zone)")
-    p.add_argument("--settings", required=True, help="JSON of the isolate config section")
+    p.add_argument("--config", help="read the isolate section from this config.yaml (default: the bundled one)")
+    p.add_argument("--settings", help=argparse.SUPPRESS)  # JSON of the isolate section, passed by the workflow
     p.set_defaults(func=cmd_isolate)

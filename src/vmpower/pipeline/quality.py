@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from vmpower.errors import InputError
 
 # Repairs counted by tidy.py / ingest (quality.json keys after the vm_/host_ prefix).
@@ -76,3 +78,31 @@ def warnings(quality: dict, thresholds: dict) -> list[str]:
         if why != "perf_not_counted":  # perf off is normal for older collectors
             out.append(f"feature {name} dropped: {why}")
     return out
+
+
+def report(run, alignment: str, vm_clock_offset: float, fields: dict) -> dict:
+    """A run's quality report: what every alignment reports, plus its own ``fields``.
+    ``run``: the merge's prepared pair (merge.Run)."""
+    t_vm, dt_vm, t_host = run.t_vm, run.dt_vm, run.t_host
+    quality = {
+        "vm_file": run.vm_raw.path.name,
+        "host_file": run.host_raw.path.name,
+        "alignment": alignment,
+        "time_base": run.base,
+        "vm_samples": len(t_vm),
+        "host_samples": int(len(t_host)),
+        **fields,
+        "vm_span_seconds": float(t_vm[-1] - t_vm[0]),
+        "host_span_seconds": float(t_host[-1] - t_host[0]),
+        "overlap_seconds": float(min(t_vm[-1], t_host[-1]) - max(t_vm[0] - dt_vm[0], t_host[0])),
+        "vm_clock_offset_seconds": float(vm_clock_offset),
+        "zones": run.zones,
+        "features": run.feature_names,
+        **{f"vm_{k}" if not k.startswith("vm_") else k: v for k, v in {**run.vm_raw.notes, **run.vm_notes}.items()},
+        **{f"host_{k}": v for k, v in run.host_raw.notes.items()},
+    }
+    # Local time-zone offsets (naive wall clock minus epoch) where a file carries both clocks.
+    for side, times in (("vm", run.vm_times), ("host", run.host_times)):
+        if "epoch" in times and "naive" in times:
+            quality[f"{side}_utc_offset_seconds"] = float(np.median(times["naive"] - times["epoch"]))
+    return quality

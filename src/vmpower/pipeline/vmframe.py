@@ -1,10 +1,6 @@
-"""The numeric features of a VM file (guest collector records), as the pipeline uses them.
-
-Used by the merge (training rows) and by ``predict`` (the same features at inference time).
-Nothing is dropped silently: a column that is not a number, or that is missing in every
-sample, is recorded in ``notes["features_dropped"]`` with the reason; a sample with a missing
-value is dropped with reason ``missing_feature`` (its count per feature in the notes).
-"""
+"""The steps of features.vm_feature_frame on a VM file's records (guest collector samples):
+which columns are text, which perf counters were not counted, which samples miss a value, and
+the samples' times. Nothing is dropped silently: every step records what it leaves out."""
 
 from __future__ import annotations
 
@@ -13,18 +9,18 @@ import fnmatch
 import numpy as np
 import pandas as pd
 
-from vmpower.pipeline import counters, engineer, ingest
+from vmpower.pipeline import ingest
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
+def matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _text_columns(df: pd.DataFrame, s) -> dict[str, str]:
+def text_columns(df: pd.DataFrame, non_features) -> dict[str, str]:
     """{column: reason} for the non-numeric columns that would be features."""
     out = {}
     for c in df.columns:
-        if c in s.non_features or pd.api.types.is_float_dtype(df[c].dtype):
+        if c in non_features or pd.api.types.is_float_dtype(df[c].dtype):
             continue
         first = df[c].dropna()
         example = f" (e.g. {str(first.iloc[0])[:20]!r})" if len(first) else ""
@@ -32,7 +28,7 @@ def _text_columns(df: pd.DataFrame, s) -> dict[str, str]:
     return out
 
 
-def _perf_absent(df: pd.DataFrame, feats: pd.DataFrame, perf_cols: list[str], notes: dict) -> np.ndarray:
+def perf_absent(df: pd.DataFrame, feats: pd.DataFrame, perf_cols: list[str], notes: dict) -> np.ndarray:
     """Perf unavailable: older collectors write 0 for the whole run, newer ones null. Both are
     "absent" (NaN), never a real zero. Per counter: a guest collector may read some of them (page
     faults, context switches) from /proc when perf cannot count. Returns the rows flagged
@@ -53,26 +49,10 @@ def _perf_absent(df: pd.DataFrame, feats: pd.DataFrame, perf_cols: list[str], no
     return allowed
 
 
-def _sample_times(raw: ingest.RawTable) -> tuple[np.ndarray, np.ndarray | None]:
-    df = raw.df
-    t = df["timestamp_absolute"].to_numpy("float64") if "timestamp_absolute" in df else None
-    if t is None or np.isnan(t).all():
-        t = ingest.naive_seconds(df["timestamp_iso"], raw.path)
-    window = df["time_delta_seconds"].to_numpy("float64") if "time_delta_seconds" in df else None
-    return t, window
-
-
-def vm_feature_frame(raw: ingest.RawTable, s) -> tuple[pd.DataFrame, list[str], dict]:
-    """Numeric feature columns of a VM file, with absent perf counters as NaN and counters turned
-    into per-second rates (counters.py decides each counter's semantics from the data). Returns
-    (frame with a ``_drop`` reason column, feature names, notes)."""
-    df, notes = raw.df, {}
-    dropped = _text_columns(df, s)
-    numeric = [c for c in df.columns if c not in s.non_features and pd.api.types.is_float_dtype(df[c].dtype)]
-    feats = df[numeric].copy()
-    perf_cols = [c for c in numeric if _matches(c, s.perf_features)]
-    allowed_nan = _perf_absent(df, feats, perf_cols, notes)
-
+def missing_values(df, feats, numeric, perf_cols, allowed_nan, notes, dropped) -> tuple[list[str], pd.Series]:
+    """Features empty in every sample (into ``dropped`` and notes) and the samples with a missing
+    value (reason ``missing_feature``; perf NaNs of flagged samples are expected). Returns
+    (present features, per-sample drop reason)."""
     all_null = [c for c in numeric if feats[c].isna().all()]
     if all_null:
         notes["absent_features"] = sorted(all_null)
@@ -87,19 +67,14 @@ def vm_feature_frame(raw: ingest.RawTable, s) -> tuple[pd.DataFrame, list[str], 
         counts = bad.sum(axis=0)
         notes["missing_feature_cells"] = {c: int(n) for c, n in zip(present, counts) if n}
         drop[bad.any(axis=1)] = "missing_feature"
-    if dropped:
-        notes["features_dropped"] = dict(sorted(dropped.items()))
+    return present, drop
 
-    candidates = [c for c in present if _matches(c, s.cumulative_features)]
-    decisions = counters.decide(feats[candidates], s.counter_semantics, s.counter_detection)
-    if decisions:
-        notes["counter_semantics"] = {c: decisions[c]["semantics"] for c in sorted(decisions)}
-        notes["counter_decisions"] = {c: decisions[c] for c in sorted(decisions)}
-    t, window = _sample_times(raw)
-    feats = counters.rates(feats, decisions, t, window, drop)
-    basis = engineer.hinges(feats, s.hinges)
-    if len(basis.columns):
-        feats = pd.concat([feats, basis], axis=1)
-    feature_names = list(feats.columns)
-    feats["_drop"] = drop
-    return feats, feature_names, notes
+
+def sample_times(raw: ingest.RawTable) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each sample's time (epoch, else naive ISO seconds) and its window (time_delta_seconds)."""
+    df = raw.df
+    t = df["timestamp_absolute"].to_numpy("float64") if "timestamp_absolute" in df else None
+    if t is None or np.isnan(t).all():
+        t = ingest.naive_seconds(df["timestamp_iso"], raw.path)
+    window = df["time_delta_seconds"].to_numpy("float64") if "time_delta_seconds" in df else None
+    return t, window
