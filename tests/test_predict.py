@@ -133,7 +133,10 @@ def test_ingest_settings_come_from_the_model_without_config(art, tmp_path, monke
     cfg = yaml.safe_load(art["config"].read_text())
     assert meta["ingest"] == cfg["ingest"]
     # --config wins; without it the metadata's settings, not a config file that happens to be near
-    assert predict.load_settings(None, {"ingest": {"cumulative_features": ["x"]}}).cumulative_features == ["x"]
+    assert predict.load_settings(None, {"ingest": {**cfg["ingest"], "cumulative_features": ["x"]}}).cumulative_features == ["x"]
+    # A model whose metadata lacks an ingest key is refused in one line (no second set of defaults).
+    with pytest.raises(InputError, match="missing setting.*non_features"):
+        predict.load_settings(None, {"ingest": {"cumulative_features": ["x"]}})
     src = art["vm_files"]["run02-mix"]
     assert cli.main(["predict", "--model", str(model_dir), "--input", str(src), "--config", str(art["config"]),
                      "--output", str(tmp_path / "with.csv")]) == 0

@@ -51,8 +51,12 @@ def build(root: Path) -> dict:
     _run("synth", "--config", config, "--out", raw)
 
     hinges = cfg["features"].get("hinges", {})
+    # What rules/merge.smk passes: the merge and ingest sections, the zones, the limits and the
+    # feature keys the merge reads.
+    feature_keys = {k: cfg["features"][k] for k in ("lag_feature", "lag_zone", "max_lag_seconds", "hinges")}
     merge_settings = json.dumps({**cfg["merge"], **cfg["ingest"], "zones": cfg["zones"],
-                                 "required_zones": cfg["required_zones"], "hinges": hinges})
+                                 "required_zones": cfg["required_zones"], "limits": cfg.get("limits", {}),
+                                 **feature_keys})
     merged = []
     for run_dir in sorted((raw / NODE_TYPE).iterdir()):
         if not run_dir.is_dir():
@@ -63,7 +67,7 @@ def build(root: Path) -> dict:
         merged.append(out)
     dataset = res / "dataset" / f"{NODE_TYPE}.parquet"
     _run("merge-dataset", "--inputs", *merged, "--output", dataset, "--summary", dataset.with_suffix(".json"),
-         "--settings", json.dumps({"zones": cfg["zones"]}))
+         "--settings", json.dumps({"zones": cfg["zones"], **{k: v for k, v in cfg["features"].items() if k != "groups"}}))
     iso = res / "isolated" / NODE_TYPE
     _run("isolate", "--dataset", dataset, "--node-type", NODE_TYPE, "--abs-output", iso / "AbsPower.parquet",
          "--dyn-output", iso / "DynPower.parquet", "--info", iso / "info.json", "--settings", json.dumps(cfg["isolate"]))
