@@ -1,0 +1,3 @@
+module vmpower/deploy/go
+
+go 1.19
