@@ -15,7 +15,7 @@ import yaml
 from vmpower import configcheck
 
 from vmpower.pipeline import paramcheck
-from vmpower.demo.synth import _merge
+from vmpower.demo.config import overlay as _merge
 
 pytestmark = pytest.mark.fault
 

@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from vmpower.demo import synth
+from vmpower.demo.config import load_config
+from vmpower.demo.generate import generate
 from vmpower.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +58,7 @@ def _hashes(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def cfg() -> dict:
-    return synth.load_config(CONFIG)
+    return load_config(CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,8 @@ def test_same_seed_gives_identical_bytes(out, tmp_path):
 def test_different_seed_differs(out, tmp_path, cfg):
     # One node_type is enough: streams are keyed by (node_type, run), so these runs equal the full set's.
     subset = dict(cfg, node_types={"demo-epyc": cfg["node_types"]["demo-epyc"]})
-    synth.generate(subset, tmp_path / "same")
-    synth.generate(dict(subset, seed=cfg["seed"] + 1), tmp_path / "other")
+    generate(subset, tmp_path / "same")
+    generate(dict(subset, seed=cfg["seed"] + 1), tmp_path / "other")
     a = _hashes(out / "demo-epyc")
     assert _hashes(tmp_path / "same" / "demo-epyc") == a
     b = _hashes(tmp_path / "other" / "demo-epyc")
@@ -333,7 +335,7 @@ def test_second_invocation_rewrites_nothing(out, caplog):
 
 def test_stale_collector_files_are_removed_and_foreign_files_kept(tmp_path, cfg):
     small = dict(cfg, runs=cfg["runs"][:2], node_types={"demo-xeon-e5": cfg["node_types"]["demo-xeon-e5"]})
-    synth.generate(small, tmp_path)
+    generate(small, tmp_path)
     run = tmp_path / "demo-xeon-e5" / "run01-idle"
     stale = run / "vm_features_demo_run01_idle_20000101_000000.json"
     stale.write_text("[]")
@@ -345,7 +347,7 @@ def test_stale_collector_files_are_removed_and_foreign_files_kept(tmp_path, cfg)
     foreign.mkdir()
     (foreign / "vm_features_real_20000101_000000.json").write_text("[]")
     (foreign / "notes.txt").write_text("keep me")
-    summary = synth.generate(small, tmp_path)
+    summary = generate(small, tmp_path)
     assert summary["written"] == 0 and summary["removed"] == 3
     assert not stale.exists() and not gone.exists()
     assert (foreign / "notes.txt").exists() and (foreign / "vm_features_real_20000101_000000.json").exists()
@@ -357,12 +359,12 @@ def test_bad_config_is_a_one_line_input_error(tmp_path):
     bad = tmp_path / "config.yaml"
     bad.write_text(yaml.safe_dump(doc))
     with pytest.raises(InputError, match="no_such_workload"):
-        synth.load_config(bad)
+        load_config(bad)
     doc = yaml.safe_load(CONFIG.read_text())
     doc["synth"]["surprise"] = 1
     bad.write_text(yaml.safe_dump(doc))
     with pytest.raises(InputError, match="surprise"):
-        synth.load_config(bad)
+        load_config(bad)
 
 
 def test_docs_noise_floor_table_is_the_generated_one(out, cfg):
@@ -406,7 +408,7 @@ LEGACY_HOST_JSON_KEYS = ["timestamp", "timestamp_absolute", "timestamp_iso", "to
 
 @pytest.fixture(scope="module")
 def legacy_cfg() -> dict:
-    return synth.load_config([CONFIG, LEGACY])
+    return load_config([CONFIG, LEGACY])
 
 
 @pytest.fixture(scope="module")
@@ -423,7 +425,7 @@ def _legacy_runs(root: Path, legacy_cfg) -> list[tuple[Path, dict]]:
 
 
 def test_legacy_overlay_merges_and_selects_node_types(legacy, legacy_cfg):
-    assert set(legacy_cfg["node_types"]) == {*synth.load_config(CONFIG)["node_types"], LEGACY_NT}
+    assert set(legacy_cfg["node_types"]) == {*load_config(CONFIG)["node_types"], LEGACY_NT}
     assert [p.name for p in legacy.iterdir()] == [LEGACY_NT]  # --node-type: only that one
 
 
@@ -614,11 +616,11 @@ def test_legacy_config_errors_are_one_line(tmp_path):
     bad = tmp_path / "legacy.yaml"
     bad.write_text(yaml.safe_dump(doc))
     with pytest.raises(InputError, match="perf-less"):
-        synth.load_config([CONFIG, bad])
+        load_config([CONFIG, bad])
     del doc["synth"]["legacy"]
     del doc["synth"]["node_types"][LEGACY_NT]["runs"][0]["perf"]
     bad.write_text(yaml.safe_dump(doc))
     with pytest.raises(InputError, match="needs a synth.legacy section"):
-        synth.load_config([CONFIG, bad])
+        load_config([CONFIG, bad])
     with pytest.raises(InputError, match="no such synth.node_types entry: nope"):
         _cli("synth", "--config", str(CONFIG), "--node-type", "nope", "--out", str(tmp_path / "o"))

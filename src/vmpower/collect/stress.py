@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from vmpower import workloads
 from vmpower.errors import InputError
 
 log = logging.getLogger("vmpower.collect.stress")
@@ -52,39 +53,13 @@ def list_workloads() -> str:
 
 def parse_sequence(spec: str, total: float | None, cpu_intensive_duration: float | None = None) -> list[Phase]:
     """``a:60,b:45`` → fixed lengths; ``a,b`` → equal shares of ``total``; mixed → the ones
-    without a length share what the fixed ones leave. The list loops until the run ends."""
-    items = [s.strip() for s in (spec or "none").split(",") if s.strip()]
-    if not items:
-        items = ["none"]
-    parsed: list[tuple[str, float | None]] = []
-    for item in items:
-        name, _, secs = item.partition(":")
-        name = ALIASES.get(name.strip(), name.strip())
-        if name not in WORKLOADS:
-            raise InputError("--stress-workload", f"unknown workload {name!r} (known: {', '.join(WORKLOADS)})")
-        if secs.strip():
-            try:
-                length = float(secs)
-            except ValueError:
-                raise InputError("--stress-workload", f"bad duration {secs!r} for {name}") from None
-            if not length > 0:
-                raise InputError("--stress-workload", f"duration for {name} must be > 0, got {secs}")
-        elif name == "cpu_intensive" and cpu_intensive_duration:
-            length = float(cpu_intensive_duration)
-        else:
-            length = None
-        parsed.append((name, length))
-    open_count = sum(1 for _, s in parsed if s is None)
-    if open_count:
-        fixed = sum(s for _, s in parsed if s is not None)
-        if total:
-            share = max(1.0, (total - fixed) / open_count) if total > fixed else max(1.0, total / len(parsed))
-        elif len(parsed) == 1:
-            share = float("inf")  # one workload, no duration: until stopped
-        else:
-            share = 60.0
-        parsed = [(n, s if s is not None else share) for n, s in parsed]
-    return [Phase(n, s) for n, s in parsed]
+    without a length share what the fixed ones leave (vmpower.workloads: the shared grammar).
+    The list loops until the run ends; no spec means ``none``."""
+    items = workloads.parse(spec or "none", "--stress-workload", ALIASES)
+    workloads.check_names(items, WORKLOADS, "--stress-workload")
+    if cpu_intensive_duration:  # the older tools' --cpu-intensive-duration
+        items = [(n, float(cpu_intensive_duration) if n == "cpu_intensive" and s is None else s) for n, s in items]
+    return [Phase(n, s) for n, s in workloads.resolve(items, total)]
 
 
 def _cpus() -> int:

@@ -6,7 +6,7 @@ counters since boot), CPU shares computed from psutil's float seconds, perf coun
 the VM has no perf access, no workload annotation, a ``vm_hostname`` that is the guest's own
 hostname, floats at full ``repr`` precision, and a host file sampled every second while Kepler
 updates about every 1.7 s (values repeat). Load and power come from the demo's latent model
-(synth._latent / synth.true_power); synth_legacy_model.py emulates the collectors' arithmetic and
+(demo.simulate: latent, true_power); legacy_model.py emulates the collectors' arithmetic and
 timing, this module writes their files.
 
 Two collector versions are emulated per run (``collector_version``): 1 wrote measured times
@@ -21,6 +21,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+
+from vmpower.demo.formats import (fmt_int, fmt_repr, fmt_str, iso_local, join, records_text, vm_filter_cell, vm_id,
+                                  vms_array)
 
 # Field order of the guest collector's JSON (dataclasses.asdict of VMFeaturePoint).
 PERF_INTS = ("cpu_cycles", "instructions", "cache_references", "cache_misses",
@@ -41,62 +44,23 @@ HOST_CSV_COLUMNS = ("timestamp", "timestamp_iso", "total_cpu_watts_core", "total
                     "vm_count", "collection_interval", "vm_filter")
 
 
-# --------------------------------------------------------------------------------------- text
-
-def fmt_repr(x):
-    """Floats exactly as repr() (json.dump, csv) prints them, vectorised: Arrow gives the same
-    shortest digits and differs only in layout, fixed up here for 1e-6 <= |x| < 1e10."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    x = np.asarray(x, dtype=np.float64) + 0.0  # -0.0 -> 0.0
-    ax = np.abs(x)
-    if not np.isfinite(x).all() or ((ax >= 1e10) | ((ax < 1e-6) & (ax > 0))).any():
-        raise ValueError("value outside the range the legacy writer formats")
-    s = pc.cast(pa.array(x), pa.string())
-    s = pc.if_else(pc.match_substring_regex(s, r"[.e]"), s, pc.binary_join_element_wise(s, ".0", ""))
-    # Arrow writes 1e-6 <= |x| < 1e-4 positionally; repr writes d.ddde-0N.
-    s = pc.replace_substring_regex(s, r"^(-?)0\.00000([1-9])(\d*)$", r"\1\2.\3e-06")
-    s = pc.replace_substring_regex(s, r"^(-?)0\.0000([1-9])(\d*)$", r"\1\2.\3e-05")
-    s = pc.replace_substring_regex(s, r"\.e", "e")
-    return pc.replace_substring_regex(s, r"e-([1-9])$", r"e-0\1")
-
-
-def iso_local(epoch, offset_seconds: float):
-    """datetime.fromtimestamp(t).isoformat() in a fixed UTC offset: microseconds rounded half
-    to even from the float, and no fraction at all when they are 0 (as isoformat does)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    t = np.asarray(epoch, dtype=np.float64)
-    sec = np.floor(t)
-    us = np.round((t - sec) * 1e6).astype(np.int64)  # t - floor(t) is exact; np.round is half-even
-    total_us = (sec.astype(np.int64) + int(round(offset_seconds))) * 1_000_000 + us
-    s = pa.array(np.datetime_as_string(total_us.astype("datetime64[us]"), unit="us"), pa.string())
-    return pc.replace_substring_regex(s, r"\.000000$", "")
-
-
 # --------------------------------------------------------------------------------------- writers
 
 def vm_text(cfg: dict, nt: dict, run: dict) -> str:
-    from vmpower.demo.synth import _fmt_int, _fmt_str, _records_text
-
     leg, vm = cfg["legacy"], run["vm"]
     off = float(leg["utc_offset_hours"]) * 3600.0
     cols = vm["cols"]
     fields = [("timestamp", fmt_repr(vm["rel"])), ("timestamp_absolute", fmt_repr(vm["abs"])),
-              ("timestamp_iso", _fmt_str(iso_local(vm["iso_t"], off).to_numpy(zero_copy_only=False)))]
+              ("timestamp_iso", fmt_str(iso_local(vm["iso_t"], off).to_numpy(zero_copy_only=False)))]
     for name in VM_FIELDS[3:-3]:
         kind, values = cols[name]
-        fields.append((name, _fmt_int(values) if kind == "int" else fmt_repr(values)))
+        fields.append((name, fmt_int(values) if kind == "int" else fmt_repr(values)))
     fields += [("collection_interval", repr(float(leg["interval"]))),
                ("time_delta_seconds", fmt_repr(vm["delta"])),
                ("vm_hostname", json.dumps(leg["vm_hostname"]))]
     if run["version"] == 2:
         fields.append(("core_count", str(int(nt["vm"]["vcpus"]))))
-    return _records_text(fields, lines=False)
+    return records_text(fields, lines=False)
 
 
 def _watts(run: dict):
@@ -112,18 +76,13 @@ def host_csv_text(cfg: dict, run: dict) -> str:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from vmpower.demo.synth import _join
-
     leg, host = cfg["legacy"], run["host"]
     watts = _watts(run)
-    vm_filter = repr({cfg["vm_name"]})
-    if "," in vm_filter or '"' in vm_filter:  # csv.writer quotes such a cell
-        vm_filter = '"' + vm_filter.replace('"', '""') + '"'
     cols = [fmt_repr(host["rel"]), iso_local(host["abs"], float(leg["utc_offset_hours"]) * 3600.0),
             watts["core"], watts["package"], pc.if_else(pa.array(host["absent"]), "0", "1"),
-            repr(float(leg["interval"])), vm_filter]
+            repr(float(leg["interval"])), vm_filter_cell(cfg["vm_name"])]
     # csv.DictWriter on a newline='' file: lines end in \r\n (measured in the seed's files).
-    rows = _join(cols, ",")
+    rows = join(cols, ",")
     return "\r\n".join([",".join(HOST_CSV_COLUMNS), *rows.to_pylist()]) + "\r\n"
 
 
@@ -131,30 +90,19 @@ def host_json_text(cfg: dict, run: dict, nt_name: str) -> str:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from vmpower.demo.synth import _fmt_str, _join, _records_text, _uuid
-
     leg, host = cfg["legacy"], run["host"]
     watts = _watts(run)
     absent = pa.array(host["absent"])
-    vm_id = _uuid(cfg["seed"], nt_name)
-    parts = ["[\n"]
-    for i, z in enumerate(HOST_ZONES):
-        head = "".join(f'{" " * 8}{json.dumps(k)}: {json.dumps(v)},\n' for k, v in (
-            ("vm_id", vm_id), ("vm_name", cfg["vm_name"]), ("hypervisor", cfg["hypervisor"]),
-            ("node_name", leg["node_name"]), ("zone", z)))
-        parts += [(",\n" if i else "") + " " * 6 + "{\n" + head + " " * 8 + '"watts": ', watts[z],
-                  ",\n" + " " * 8 + '"state": "running"\n' + " " * 6 + "}"]
-    parts.append("\n    ]")
-    vms = pc.if_else(absent, "[]", _join(parts, ""))
+    vms = pc.if_else(absent, "[]", vms_array(cfg, vm_id(cfg["seed"], nt_name), leg["node_name"], HOST_ZONES, watts))
     iso = iso_local(host["abs"], float(leg["utc_offset_hours"]) * 3600.0)
     fields = [("timestamp", fmt_repr(host["rel"])), ("timestamp_absolute", fmt_repr(host["abs"])),
-              ("timestamp_iso", _fmt_str(iso.to_numpy(zero_copy_only=False))),
+              ("timestamp_iso", fmt_str(iso.to_numpy(zero_copy_only=False))),
               ("total_cpu_watts_core", watts["core"]), ("total_cpu_watts_package", watts["package"]),
               ("vm_count", pc.if_else(absent, "0", "1")), ("vms", vms),
               ("collection_interval", repr(float(leg["interval"]))),
               ("kepler_endpoint", json.dumps(leg["kepler_endpoint"])),
               ("vm_filter", json.dumps(repr({cfg["vm_name"]})))]
-    return _records_text(fields, lines=False)
+    return records_text(fields, lines=False)
 
 
 def run_files(cfg: dict, nt_name: str, nt: dict, spec: dict, run_index: int) -> tuple[dict, dict]:

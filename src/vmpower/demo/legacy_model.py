@@ -1,6 +1,6 @@
-"""Collector emulation of the ``legacy`` synth profile (synth_legacy.py writes the files).
+"""Collector emulation of the ``legacy`` synth profile (legacy.py writes the files).
 
-The load and the true power come from the demo's latent model (synth._latent, synth.true_power);
+The load and the true power come from the demo's latent model (demo.simulate: latent, true_power);
 this module reproduces what the seed's collectors make of them: the guest's window timing, the
 jiffy accounting of /proc/stat and psutil, the kernel's load averages, and Kepler's updates as
 the host collector samples them.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from vmpower.demo.legacy import HOST_ZONES, PERF_INTS, VM_FIELDS
+from vmpower.demo.simulate import US, latent, phases, rng_for, true_power, window_means
 
 _ORDER = VM_FIELDS[3:-3]  # the measured columns, in the collector's order
 
@@ -63,15 +64,13 @@ def _kepler(cfg_legacy, nt, rng, edges, step, power, g0, host_true):
     the interval since the previous one plus noise (the VM's share of a noisy node power)."""
     import numpy as np
 
-    from vmpower.demo.synth import _window_means
-
     k = cfg_legacy["kepler"]
     k_int = float(k["interval_seconds"])
     n_up = int(math.ceil((edges[-1] - g0) / k_int)) + 3
     upd = g0 + rng.uniform(0.0, k_int) + np.concatenate([[0.0], np.cumsum(
         k_int + float(k["interval_jitter_seconds"]) * rng.standard_normal(n_up - 1))])
     upd = upd[upd <= edges[-1]]
-    truth = _window_means(edges, step, {z: power[z] for z in HOST_ZONES}, upd[:-1], upd[1:])
+    truth = window_means(edges, step, {z: power[z] for z in HOST_ZONES}, upd[:-1], upd[1:])
     which = np.searchsorted(upd, host_true, side="right") - 1  # interval ending at upd[which]
     vals, noise = {}, {}
     # One draw per update for both zones: Kepler splits each zone's node power by the same VM
@@ -211,10 +210,8 @@ def simulate_run(cfg: dict, nt_name: str, nt: dict, spec: dict, run_index: int) 
     """One legacy collection session (epoch floats on each collector's clock)."""
     import numpy as np
 
-    from vmpower.demo.synth import US, _latent, _phases, _rng, _window_means, true_power
-
     leg = cfg["legacy"]
-    rng = _rng(int(cfg["seed"]), nt_name, spec["id"], "legacy")
+    rng = rng_for(int(cfg["seed"]), nt_name, spec["id"], "legacy")
     step = float(cfg["latent_step_seconds"])
     vcpus = int(nt["vm"]["vcpus"])
     dur = float(spec["duration"])
@@ -226,17 +223,17 @@ def simulate_run(cfg: dict, nt_name: str, nt: dict, spec: dict, run_index: int) 
 
     # latent load: stress starts stress_lead_seconds before the collectors (orchestrator)
     lead = float(leg["stress_lead_seconds"])
-    phases = _phases(spec["workload"], dur + lead)
+    run_phases = phases(spec["workload"], dur + lead)
     k_int = float(leg["kepler"]["interval_seconds"])
     g0 = -(lead + 2.0 * k_int + 2.0)
     grid = g0 + step * np.arange(int(math.ceil((dur + 2.0 * k_int + 10.0 - g0) / step)))
     edges = np.append(grid, grid[-1] + step)
-    lat = _latent(cfg, phases, grid, -lead, rng)
+    lat = latent(cfg, run_phases, grid, -lead, rng)
     power = true_power(lat, nt["power"])
 
     a_true, b_true = tl["begin"] - skew, tl["end"] - skew  # guest clock = true time + skew
-    wm = _window_means(edges, step, {k: v for k, v in lat.items() if k != "widx"}, a_true, b_true)
-    phase_starts = np.array([a - lead for _, a, _ in phases])
+    wm = window_means(edges, step, {k: v for k, v in lat.items() if k != "widx"}, a_true, b_true)
+    phase_starts = np.array([a - lead for _, a, _ in run_phases])
     spawned = (np.histogram(phase_starts, bins=np.concatenate([[a_true[0] - 1.0], b_true]))[0]
                * (vcpus + 1)).astype(np.int64)
     cols = _guest_columns(leg, nt, rng, wm, lat, tl, grid, b_true, vcpus, spawned)
@@ -258,7 +255,7 @@ def simulate_run(cfg: dict, nt_name: str, nt: dict, spec: dict, run_index: int) 
         g_iso_t = guest_start + tl["target"]
         g_rel = g_iso_t - guest_start
     h_abs = start + tl["host_t"]
-    pw = _window_means(edges, step, power, a_true, b_true)
+    pw = window_means(edges, step, power, a_true, b_true)
     return {
         "start": start, "version": tl["version"],
         "vm": {"rel": g_rel, "abs": g_abs, "iso_t": g_iso_t, "delta": g_abs - (guest_start + tl["begin"]),

@@ -186,21 +186,91 @@ def _run_child(request: dict, fds: list[int], close: list, client: int, server: 
             os._exit(code)
 
 
+class _Server:
+    """The server's state: the listening socket, the running steps and their clients."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        Path(path).unlink(missing_ok=True)
+        self.listener.bind(path)
+        os.chmod(path, 0o600)
+        self.listener.listen(64)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        self.running: dict[int, socket.socket] = {}  # pid -> the client's connection
+        self.killed: dict[int, float] = {}  # pid -> when SIGTERM was sent
+        self.served = self.refused = 0
+
+    def accept(self) -> None:
+        """Read a request and fork its step (or refuse it: another interpreter)."""
+        conn, _ = self.listener.accept()
+        try:
+            request, fds = _read_request(conn)
+        except (OSError, ValueError) as exc:
+            _log(f"bad request ({exc})")
+            conn.close()
+            return
+        if request.get("interpreter") != interpreter() or len(fds) != 3:
+            self.refused += 1
+            conn.sendall(json.dumps({"refused": "another interpreter, venv or vmpower source"}).encode())
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+            return
+        client = _peer_pid(conn)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        server = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _run_child(request, fds, [self.sel, self.listener, *self.running.values(), conn], client, server)
+        for fd in fds:
+            os.close(fd)
+        self.running[pid] = conn
+        self.served += 1
+        self.sel.register(conn, selectors.EVENT_READ, pid)
+
+    def poll(self, timeout: float) -> None:
+        """Accept steps, stop those whose client went away, escalate to SIGKILL, reap."""
+        for key, _ in self.sel.select(timeout=timeout):
+            if key.data is None:
+                self.accept()
+            elif key.data in self.running and not key.fileobj.recv(1):
+                pid = key.data  # the client went away: stop its step
+                self.sel.unregister(key.fileobj)
+                _kill(pid, signal.SIGTERM)
+                self.killed[pid] = time.monotonic()
+        now = time.monotonic()
+        for pid, since in list(self.killed.items()):
+            if now - since > KILL_GRACE_SECONDS:
+                _kill(pid, signal.SIGKILL)
+                del self.killed[pid]
+        _reap(self.running, self.killed, self.sel)
+
+    def close(self) -> None:
+        """Stop the running steps (SIGTERM, then SIGKILL after the grace), remove the socket."""
+        for pid in list(self.running):
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        while self.running and time.monotonic() < deadline:
+            _reap(self.running, self.killed, self.sel)
+            time.sleep(0.02)
+        for pid in list(self.running):
+            _kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        self.listener.close()
+        Path(self.path).unlink(missing_ok=True)
+        _log(f"served {self.served} steps" + (f", refused {self.refused} (another interpreter, venv or vmpower "
+                                              "source)" if self.refused else ""))
+
+
 def serve(path: str, idle_timeout: float = 0.0) -> int:
     """Serve steps on the Unix socket ``path`` until SIGTERM/SIGINT (or ``idle_timeout`` s
     without a step, when > 0)."""
     loaded = preload()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    Path(path).unlink(missing_ok=True)
-    listener.bind(path)
-    os.chmod(path, 0o600)
-    listener.listen(64)
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ, None)
-    running: dict[int, socket.socket] = {}  # pid -> the client's connection
-    killed: dict[int, float] = {}  # pid -> when SIGTERM was sent
+    server = _Server(path)
     stopping = False
-    served = refused = 0
 
     def stop(_signum, _frame):
         nonlocal stopping
@@ -212,64 +282,15 @@ def serve(path: str, idle_timeout: float = 0.0) -> int:
     last_active = time.monotonic()
     try:
         while not stopping:
-            for key, _ in sel.select(timeout=0.02):
-                if key.data is None:
-                    conn, _ = listener.accept()
-                    try:
-                        request, fds = _read_request(conn)
-                    except (OSError, ValueError) as exc:
-                        _log(f"bad request ({exc})")
-                        conn.close()
-                        continue
-                    if request.get("interpreter") != interpreter() or len(fds) != 3:
-                        refused += 1
-                        conn.sendall(json.dumps({"refused": "another interpreter, venv or vmpower source"}).encode())
-                        conn.close()
-                        for fd in fds:
-                            os.close(fd)
-                        continue
-                    client = _peer_pid(conn)
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    server = os.getpid()
-                    pid = os.fork()
-                    if pid == 0:
-                        _run_child(request, fds, [sel, listener, *running.values(), conn], client, server)
-                    for fd in fds:
-                        os.close(fd)
-                    running[pid] = conn
-                    served += 1
-                    sel.register(conn, selectors.EVENT_READ, pid)
-                elif key.data in running and not key.fileobj.recv(1):
-                    pid = key.data  # the client went away: stop its step
-                    sel.unregister(key.fileobj)
-                    _kill(pid, signal.SIGTERM)
-                    killed[pid] = time.monotonic()
+            server.poll(0.02)
             now = time.monotonic()
-            for pid, since in list(killed.items()):
-                if now - since > KILL_GRACE_SECONDS:
-                    _kill(pid, signal.SIGKILL)
-                    del killed[pid]
-            _reap(running, killed, sel)
-            if running:
+            if server.running:
                 last_active = now
             elif idle_timeout > 0 and now - last_active > idle_timeout:
                 _log(f"idle for {idle_timeout:g} s, stopping")
                 break
     finally:
-        for pid in list(running):
-            _kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + KILL_GRACE_SECONDS
-        while running and time.monotonic() < deadline:
-            _reap(running, killed, sel)
-            time.sleep(0.02)
-        for pid in list(running):
-            _kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        listener.close()
-        Path(path).unlink(missing_ok=True)
-        _log(f"served {served} steps" + (f", refused {refused} (another interpreter, venv or vmpower source)"
-                                         if refused else ""))
+        server.close()
     return 0
 
 
