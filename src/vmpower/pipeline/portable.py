@@ -2,8 +2,9 @@
 
 Read from the exported ONNX graph itself (Sub mean -> Div scale -> Cast float -> TreeEnsembleRegressor),
 so the JSON holds exactly the numbers onnxruntime evaluates: float64 scaling, float32 thresholds,
-leaf weights and base value. deploy/go evaluates it with the same float32 arithmetic and matches
-onnxruntime (tests/test_go_inference.py). Linear models go to Go through weight.json; KNN stays
+leaf weights and base value. deploy/go evaluates it with the same float32 arithmetic, in tree order, and matches
+onnxruntime run on one thread as serve runs it (tests/test_go_inference.py); with a thread pool
+onnxruntime sums batches of trees in another order, a float32 rounding apart. Linear models go to Go through weight.json; KNN stays
 ONNX-only (its graph is a distance search, not a portable tree).
 """
 
