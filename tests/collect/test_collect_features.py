@@ -15,9 +15,10 @@ import pytest
 
 from collect_helpers import REPO, live_stress_ng, subprocess_env
 
-from vmpower.collect import features as features_mod
+from vmpower.collect import procfs
 from vmpower.collect import perf as perfmod
-from vmpower.collect.features import FeatureCollector, read_proc_stat
+from vmpower.collect.features import FeatureCollector
+from vmpower.collect.procfs import read_proc_stat
 
 COUNTERS = ("cpu_cycles", "instructions", "cache_references", "cache_misses", "branches", "branch_misses")
 REQUIRED = {
@@ -246,23 +247,21 @@ def test_list_workloads_and_bad_workload(tmp_path):
 
 def _spy_snapshots(monkeypatch) -> list:
     """Record the real /proc snapshots the collector takes (it still reads /proc itself)."""
-    from vmpower.collect import features
-
     snaps = []
-    real = features.take_snapshot
+    real = procfs.take_snapshot
 
     def spy(*args, **kw):
         snap = real(*args, **kw)
         snaps.append(snap)
         return snap
 
-    monkeypatch.setattr(features, "take_snapshot", spy)
+    monkeypatch.setattr(procfs, "take_snapshot", spy)
     return snaps
 
 
 # legacy name -> its total since boot in a snapshot, as older collectors wrote it: the same
 # /proc quantity the collector takes the rate of (the next test checks rate = delta / window).
-SYS_TOTALS = {name.removesuffix("_rate"): total for name, total in features_mod.SYS_RATES.items()}
+SYS_TOTALS = {name.removesuffix("_rate"): total for name, total in procfs.SYS_RATES.items()}
 
 
 def test_sys_rates_are_proc_deltas_over_the_exact_window(tmp_path, monkeypatch):
@@ -294,7 +293,7 @@ def test_new_rates_match_what_the_pipeline_makes_of_legacy_totals_and_serve_gets
 
     from vmpower.pipeline import ingest
 
-    from vmpower.serving import predict
+    from vmpower.serving import live
     from vmpower.pipeline.merge import MergeSettings, vm_feature_frame
 
     snaps = _spy_snapshots(monkeypatch)
@@ -319,9 +318,9 @@ def test_new_rates_match_what_the_pipeline_makes_of_legacy_totals_and_serve_gets
     np.testing.assert_allclose(new_f[rates].to_numpy()[1:], old_f[rates].to_numpy()[1:], rtol=2e-3)
     assert old_f["_drop"].iloc[0] == "rate_warmup" and new_f["_drop"].isna().all()  # no warm-up sample lost
 
-    serve_settings = predict.load_settings(str(REPO / "config.yaml"))
+    serve_settings = live.load_settings(str(REPO / "config.yaml"))
     for prev, cur in zip(data, data[1:]):
-        feats, drop = predict.frame_features(predict.live_frame(prev, cur, serve_settings), serve_settings)
+        feats, drop = live.features_of(prev, cur, serve_settings)
         row = feats.iloc[-1]
         assert pd.isna(drop.iloc[-1])
         assert set(old_names) <= set(feats.columns)
