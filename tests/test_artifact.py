@@ -1,21 +1,15 @@
 """vmpower.serving.artifact: manifest integrity, metadata/ONNX consistency and training metadata of real exported models."""
 
 import json
-import logging
 import shutil
-import zipfile
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from serving_helpers import ACT_LR, DYN_LR, SYS_GBR, SYS_LR, SYS_XGB, _copy, _rewrite_manifest, artifacts
-from bench.predict_artifacts import NODE_TYPE
-from vmpower import cli
 from vmpower.errors import InputError
-from vmpower.names import MANIFEST  # noqa: F401
-from vmpower.serving import artifact, exporter, fallback, live, predict, selection  # noqa: F401
+from vmpower.names import MANIFEST
+from vmpower.serving import artifact, live
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,14 @@
 """vmpower.serving.fallback: the chain predict and serve walk, and its per-row rule."""
 
 import json
-import logging
-import shutil
-import zipfile
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from serving_helpers import (CNT_LR, _best_label, _chain, _groups, _records, _records_of, _strip_perf, _variant,
                              artifacts)
 from bench.predict_artifacts import NODE_TYPE
-from vmpower import cli
-from vmpower.errors import InputError
-from vmpower.names import MANIFEST  # noqa: F401
-from vmpower.serving import artifact, exporter, fallback, live, predict, selection  # noqa: F401
+from vmpower.serving import exporter, fallback, live
 
 
 @pytest.fixture(scope="module")

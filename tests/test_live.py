@@ -1,21 +1,14 @@
 """vmpower.serving.live: LiveFeatures equals the pipeline's feature code on live record pairs."""
 
 import json
-import logging
-import shutil
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from serving_helpers import PERF_FIELDS, _records, artifacts
-from bench.predict_artifacts import NODE_TYPE
-from vmpower import cli
 from vmpower.errors import InputError
-from vmpower.names import MANIFEST  # noqa: F401
-from vmpower.serving import artifact, exporter, fallback, live, predict, selection  # noqa: F401
+from vmpower.serving import live
 
 
 @pytest.fixture(scope="module")

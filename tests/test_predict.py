@@ -2,11 +2,7 @@
 pipeline's own steps); the parts have their own files (test_artifact, test_live,
 test_serving_selection, test_fallback, test_exporter)."""
 
-import argparse
-import hashlib
 import json
-import logging
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,8 +20,7 @@ from bench.predict_artifacts import NODE_TYPE
 from serving_helpers import (CNT_LR, PERF_FIELDS, SYS_GBR, SYS_LR, SYS_XGB, _best_label, _copy, _records,  # noqa: F401
                              _strip_perf, _variant, artifacts)
 from vmpower import cli
-from vmpower.names import MANIFEST
-from vmpower.serving import artifact, exporter, fallback, live, predict, selection
+from vmpower.serving import artifact, exporter, live, predict, selection
 from vmpower.errors import InputError
 
 

@@ -3,19 +3,15 @@
 import json
 import logging
 import shutil
-import zipfile
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from serving_helpers import SYS_LR, _best_label, artifacts
 from bench.predict_artifacts import NODE_TYPE
 from vmpower import cli
 from vmpower.errors import InputError
-from vmpower.names import MANIFEST  # noqa: F401
-from vmpower.serving import artifact, exporter, fallback, live, predict, selection  # noqa: F401
+from vmpower.serving import live, selection
 
 
 @pytest.fixture(scope="module")

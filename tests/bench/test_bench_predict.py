@@ -21,7 +21,7 @@ import pytest
 
 from bench import results
 from bench.predict_artifacts import build
-from vmpower.serving import artifact, fallback, live, predict, selection
+from vmpower.serving import artifact, fallback, live, selection
 from vmpower.serving.exporter import Exporter
 
 pytestmark = pytest.mark.benchmark

@@ -18,7 +18,6 @@ from collect_helpers import REPO, live_stress_ng, subprocess_env
 from vmpower.collect import procfs
 from vmpower.collect import perf as perfmod
 from vmpower.collect.features import FeatureCollector
-from vmpower.collect.procfs import read_proc_stat
 
 COUNTERS = ("cpu_cycles", "instructions", "cache_references", "cache_misses", "branches", "branch_misses")
 REQUIRED = {
@@ -147,26 +146,6 @@ def test_perf_counters_are_counts_or_null_never_silent_zero(tmp_path):
                           progress=False)
     for rec in c2.run():
         assert rec["perf_available"] is False and all(rec[f] is None for f in COUNTERS)
-
-
-def test_perf_stat_windows_match_proc_counts():
-    """The long-lived perf process, bracketed into a window, agrees with /proc/stat."""
-    path, fields, _ = perfmod.probe()
-    if path is None or not fields["context_switches"]:
-        pytest.skip("perf cannot count context switches system-wide here")
-    ps = perfmod.PerfStat(path, ["context_switches"], interval_ms=50)
-    ps.start()
-    try:
-        time.sleep(0.5)
-        t0, c0 = time.monotonic(), read_proc_stat()["ctxt"]
-        time.sleep(1.5)
-        t1, c1 = time.monotonic(), read_proc_stat()["ctxt"]
-        counts = ps.counts(t0, t1, wait=1.0)
-    finally:
-        ps.stop()
-    assert counts is not None and counts["context_switches"] is not None
-    # perf's own switches add a little; proportional edge splitting adds a little noise
-    assert counts["context_switches"] == pytest.approx(c1 - c0, rel=0.25)
 
 
 @pytest.mark.stress

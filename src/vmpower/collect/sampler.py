@@ -17,10 +17,11 @@ from typing import Callable
 
 from vmpower.collect import procfs
 from vmpower.collect.common import clean_number, iso_local, read_capped
+from vmpower.names import ZONES
 
 log = logging.getLogger("vmpower.collect.vm")
 
-TARGET_ZONES = ["package", "core"]
+TARGET_ZONES = list(ZONES[:2])  # the seed collector's target_zones field: package, core
 PERF_FIELDS = ("cpu_cycles", "instructions", "cache_references", "cache_misses", "branches",
                "branch_misses", "page_faults", "context_switches")
 
