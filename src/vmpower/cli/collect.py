@@ -149,13 +149,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def csv_path(args) -> str | None:
+def csv_path(output: str, csv: str | None, no_csv: bool) -> str | None:
     """The CSV copy: --csv, else beside the JSON output (the seed's collector saves both)."""
-    if args.no_csv:
+    if no_csv:
         return None
-    if args.csv:
-        return args.csv
-    out = Path(args.output)
+    if csv:
+        return csv
+    out = Path(output)
     return None if out.suffix.lower() == ".csv" else str(out.with_suffix(".csv"))
 
 
@@ -173,7 +173,8 @@ def cmd_collect_vm(args) -> int:
     collector = FeatureCollector(args.output, interval=args.interval, duration=args.duration or None,
                                  workloads=args.workloads, cpu_intensive_duration=args.cpu_intensive_duration,
                                  kepler_url=args.kepler_url, use_perf=not args.no_perf, sync=not args.no_sync,
-                                 start_at=args.start_at, csv_path=csv_path(args), vm_name=args.vm_name)
+                                 start_at=args.start_at, csv_path=csv_path(args.output, args.csv, args.no_csv),
+                                 vm_name=args.vm_name)
     stopped = threading.Event()
 
     def on_stop():
