@@ -1,5 +1,6 @@
-"""``vmpower serve``'s Kepler >= 0.10 node metric family: joules integrated from the published
-watts, idle/active split, promtool on the live output."""
+"""vmpower.serving.exporter: the chain served tick by tick (fallback, confidence, degradation,
+health metrics) and Kepler >= 0.10's node metric family (joules integrated from the published
+watts, idle/active split, promtool on the live output)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ import os
 import subprocess
 import time
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from bench.predict_artifacts import NODE_TYPE, build
+from bench.predict_artifacts import NODE_TYPE
 from exporter_helpers import Serve, need, parse, series
-from vmpower.serving import predict
+from serving_helpers import (ACT_LR, CNT_LR, DYN_LR, PERF_FIELDS, SYS_GBR, SYS_XGB, _chain, _records, _sample, _series,  # noqa: F401
+                             _watts, _who, artifacts)
+from vmpower.serving import artifact, live, predict
 from vmpower.serving.energy import find_idle
 from vmpower.serving.exporter import Exporter
 
-SYS_XGB = ("AbsPower", "SystemOnly", "XGBRegressor")
-CNT_LR = ("AbsPower", "CounterOnly", "LinearRegression")
-DYN_LR = ("DynPower", "SystemOnly", "LinearRegression")
 PERF = ("cpu_cycles", "instructions", "cache_references", "cache_misses", "branches", "branch_misses",
         "instructions_per_cycle", "cache_miss_ratio", "branch_miss_ratio")
 NODE = ("kepler_node_cpu_joules_total", "kepler_node_cpu_watts", "kepler_node_cpu_active_joules_total",
@@ -27,12 +29,12 @@ NODE = ("kepler_node_cpu_joules_total", "kepler_node_cpu_watts", "kepler_node_cp
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("exporter"))
+    return artifacts(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def settings(art):
-    return predict.load_settings(str(art["config"]))
+    return live.load_settings(str(art["config"]))
 
 
 def _family(registry, name) -> dict:
@@ -44,8 +46,8 @@ def _idle(art) -> dict:
 
 
 def test_idle_power_comes_from_the_node_types_dynpower_model(art):
-    absm = predict.Model.load(art["models"][SYS_XGB])
-    dyn = predict.Model.load(art["models"][DYN_LR])
+    absm = artifact.Model.load(art["models"][SYS_XGB])
+    dyn = artifact.Model.load(art["models"][DYN_LR])
     assert find_idle([dyn])[0] == _idle(art)
     idle, where = find_idle([absm], art["results"])  # serve --model results: its DynPower model
     assert idle == _idle(art) and "DynPower" in where
@@ -57,7 +59,7 @@ def test_joules_integrate_published_watts_across_fallbacks_and_gaps(art, setting
     """Every tick adds exactly (published watts x the record's window) to each zone's joules,
     whichever model served it; an absent zone adds nothing; counters never go down; active +
     idle = total with idle = min(isolated idle power, total)."""
-    chain = [predict.Model.load(art["models"][k]) for k in (CNT_LR, SYS_XGB)]
+    chain = [artifact.Model.load(art["models"][k]) for k in (CNT_LR, SYS_XGB)]
     idle = _idle(art)
     exp = Exporter(chain, [settings] * 2, "vm-1", idle=idle)
     r = exp.registry
@@ -92,7 +94,7 @@ def test_joules_integrate_published_watts_across_fallbacks_and_gaps(art, setting
 def test_dynpower_total_is_dynamic_plus_idle(art, settings):
     """A DynPower model predicts power above idle: the node's total adds the isolated idle power
     back (clipped at 0), and active is then exactly the model's output where it is positive."""
-    model = predict.Model.load(art["models"][DYN_LR])
+    model = artifact.Model.load(art["models"][DYN_LR])
     src = art["vm_files"]["run02-mix"]
     batch = predict.predict_file(model, src, settings)
     records = json.loads(src.read_text())
@@ -169,3 +171,181 @@ def test_live_joules_equal_the_integral_of_the_published_watts(art):
         print(f"{zone}: {energy:.4f} J counted, {integral:.4f} J integrated over {tn - t0:.1f} s, "
               f"{len(seen) - 1} ticks ({(energy - integral) / energy:+.3%})")
         assert energy > 0 and abs(energy - integral) <= 0.01 * energy, (zone, energy, integral)
+
+
+# ---------------------------------------------------------------- the chain, tick by tick (in process)
+
+
+def test_exporter_matches_batch_and_degrades_per_feature(art, settings):
+    """Live path (collector records -> Exporter) gives the batch watts; a missing feature drops
+    the zones and counts an error; its return brings them back."""
+    model = artifact.Model.load(art["models"][SYS_GBR])
+    src = art["vm_files"]["run02-mix"]
+    batch = predict.predict_file(model, src, settings)
+    records = json.loads(src.read_text())
+    exp = Exporter(model, settings, "vm-1")
+    assert exp.update(records[0]) == {}
+    for i in (1, 2):
+        got = exp.update(records[i])
+        assert set(got) == set(model.zones)
+        for zone, w in got.items():
+            assert w == pytest.approx(batch[f"power_{zone}"].iloc[i], abs=1e-9)
+    assert set(_watts(exp.registry)) == set(model.zones)
+    broken = {k: v for k, v in records[3].items() if k != "cpu_utilization"}
+    assert exp.update(broken) == {}
+    assert _watts(exp.registry) == {}
+    assert exp.registry.get_sample_value("kepler_vm_feature_collection_errors_total", {"feature": "cpu_utilization"}) == 1
+    exp.update(records[4])  # rates need both windows: back on the tick after
+    assert set(_watts(exp.registry)) == set(model.zones)
+
+
+def test_perf_less_tick_is_served_by_the_systemonly_fallback(art, settings):
+    """Chain by MAE, a perf group first; samples without perf counters: the SystemOnly model
+    serves every zone, with the watts batch predict gives, and says so."""
+    chain = _chain(art, use_perf=True)
+    sysm = next(m for m in chain if m.metadata["feature_group"] == "SystemOnly")
+    act, cnt = [m for m in chain if m is not sysm]
+    assert act is chain[0]  # the best model needs perf (Activity or CounterOnly)
+    batch = predict.predict_file(sysm, art["vm_files"]["run02-mix"], settings)
+    exp = Exporter(chain, settings, "vm-1")
+    recs = [{**r, **{f: None for f in PERF_FIELDS}, "perf_available": False} for r in _records(art)]
+    exp.update(recs[0])
+    for i in (1, 2, 3):
+        got = exp.update(recs[i])
+        assert set(got) == set(sysm.zones)
+        for zone, w in got.items():
+            assert w == pytest.approx(batch[f"power_{zone}"].iloc[i], abs=1e-9)
+    r = exp.registry
+    for zone in sysm.zones:
+        assert _sample(r, "kepler_vm_model_version", zone=zone, version=sysm.version, **_who(sysm)) == 1
+        assert _sample(r, "kepler_vm_model_version", zone=zone, version=act.version, **_who(act)) == 0
+        assert _sample(r, "kepler_vm_model_version", zone=zone, version=cnt.version, **_who(cnt)) == 0
+        assert _sample(r, "kepler_vm_model_accuracy_mae", zone=zone) == sysm.metadata[f"{zone}_mae"]
+        assert 0 < _sample(r, "kepler_vm_model_confidence_score", zone=zone) <= 1
+        assert _sample(r, "kepler_vm_zone_unavailable_total", zone=zone) == 0
+    # perf features were unavailable on each of the 3 ticks; SystemOnly's were not
+    assert _sample(r, "kepler_vm_feature_collection_errors_total", feature="cpu_cycles") == 3
+    assert _sample(r, "kepler_vm_feature_collection_errors_total", feature="cpu_utilization") == 0
+    # perf is back: the best (perf) model takes over
+    exp.update(_records(art)[4])
+    got = exp.update(_records(art)[5])
+    assert set(got) == set(act.zones)
+    assert _sample(r, "kepler_vm_model_version", zone="package", version=act.version, **_who(act)) == 1
+    assert _sample(r, "kepler_vm_model_version", zone="package", version=sysm.version, **_who(sysm)) == 0
+    assert _sample(r, "kepler_vm_model_accuracy_mae", zone="package") == act.metadata["package_mae"]
+
+
+def test_no_model_can_serve_zone_is_absent_and_counted(art, settings):
+    chain = _chain(art, use_perf=True)
+    exp = Exporter(chain, settings, "vm-1")
+    recs = _records(art)
+    exp.update(recs[0])
+    assert set(exp.update(recs[1])) == set(chain[0].zones)
+    assert len(_series(exp.registry, "kepler_vm_model_inference_duration_seconds")) == 4
+    broken = {k: v for k, v in recs[2].items() if k != "cpu_utilization"}
+    broken.update({f: None for f in PERF_FIELDS}, perf_available=False)
+    assert exp.update(broken) == {}
+    r = exp.registry
+    assert _watts(r) == {}
+    # no stale per-tick series for absent zones
+    assert _series(r, "kepler_vm_model_inference_duration_seconds") == {}
+    assert _series(r, "kepler_vm_model_confidence_score") == {}
+    assert set(_series(r, "kepler_vm_model_version").values()) == {0.0}
+    for zone in chain[0].zones:
+        assert _sample(r, "kepler_vm_zone_unavailable_total", zone=zone) == 1
+    assert _sample(r, "kepler_vm_feature_collection_errors_total", feature="cpu_utilization") == 1
+    assert _sample(r, "kepler_vm_feature_collection_errors_total", feature="instructions") == 1
+    # the static model information stays
+    assert _sample(r, "kepler_vm_training_data_points", zone="core") == chain[0].training_rows
+
+
+def test_inference_error_falls_back_to_the_next_model_and_is_counted(art, settings):
+    chain = _chain(art, use_perf=True)
+    act, sysm = chain[0], chain[1]
+    act.output_names["core"] = "no_such_output"  # onnxruntime itself raises on this session
+    exp = Exporter(chain, settings, "vm-1")
+    recs = _records(art)
+    exp.update(recs[0])
+    got = exp.update(recs[1])
+    assert set(got) == set(act.zones)
+    r = exp.registry
+    assert _sample(r, "kepler_vm_inference_errors_total", zone="core", **_who(act)) == 1
+    assert _sample(r, "kepler_vm_inference_errors_total", zone="package", **_who(act)) == 0
+    assert _sample(r, "kepler_vm_model_version", zone="core", version=sysm.version, **_who(sysm)) == 1
+    assert _sample(r, "kepler_vm_model_version", zone="package", version=act.version, **_who(act)) == 1
+    x = np.array([[live.LiveFeatures(live.for_model(settings, sysm)).compute(recs[0], recs[1])[0][f]
+                   for f in sysm.features]])
+    assert got["core"] == pytest.approx(float(sysm.predict_zone("core", x)[0]), abs=1e-12)
+
+
+def _out_of_range(art, model, record, prev, changes, settings, tmp_path):
+    """The record with changes, and the confidence the pipeline's batch features give it."""
+    rec = {**record, **changes}
+    f = tmp_path / "two.json"
+    f.write_text(json.dumps([prev, rec]))
+    from vmpower.pipeline import ingest
+
+    s = live.for_model(settings, model)
+    feats, drop = live.frame_features(ingest.read_vm_features(f), s)
+    x = live.model_matrix(model, feats, drop, s, f)[-1]
+    ranges = model.metadata["training_data"]["feature_ranges"]
+    inside = [ranges[n]["min"] <= v <= ranges[n]["max"] for n, v in zip(model.features, x)]
+    return rec, sum(inside) / len(inside)
+
+
+def test_confidence_threshold_report_drop_and_fallback(art, settings, tmp_path):
+    recs = _records(art)
+    sysm = artifact.Model.load(art["models"][SYS_XGB])
+    far = {"memory_usage_percent": 99.0, "process_count": 5000, "load_average_1min": 80.0, "disk_io_read_mb": 5e3,
+           "disk_io_write_mb": 5e3, "network_bytes_recv": 1e11, "network_bytes_sent": 1e11, "cpu_steal": 60.0,
+           "cpu_irq": 20.0, "cpu_softirq": 20.0, "sys_procs_running": 500, "sys_procs_blocked": 100}
+    rec, expected = _out_of_range(art, sysm, recs[11], recs[10], far, settings, tmp_path)
+    assert expected < 0.7
+    for mode in ("report", "drop"):
+        exp = Exporter(sysm, settings, "vm-1", low_confidence=mode)
+        exp.update(recs[9])
+        normal = exp.update(recs[10])
+        assert set(normal) == set(sysm.zones)
+        assert _sample(exp.registry, "kepler_vm_model_confidence_score", zone="core") == 1.0
+        got = exp.update(rec)
+        r = exp.registry
+        assert _sample(r, "kepler_vm_model_confidence_score", zone="core") == pytest.approx(expected)
+        assert _sample(r, "kepler_vm_low_confidence_total", zone="core") == 1
+        if mode == "report":
+            assert set(got) == set(sysm.zones) and _sample(r, "kepler_vm_zone_unavailable_total", zone="core") == 0
+        else:
+            assert got == {} and _watts(r) == {} and _sample(r, "kepler_vm_zone_unavailable_total", zone="core") == 1
+    # A lower threshold accepts it.
+    exp = Exporter(sysm, settings, "vm-1", threshold=0.5)
+    exp.update(recs[10])
+    assert set(exp.update(rec)) == set(sysm.zones)
+    assert _sample(exp.registry, "kepler_vm_low_confidence_total", zone="core") == 0
+    # Chain: the first model's inputs far outside its training range, the fallback's inside.
+    act = artifact.Model.load(art["models"][ACT_LR])
+    big = {f: recs[11][f] * 1000 for f in ("cpu_cycles", "instructions", "cache_misses", "page_faults")}
+    rec2, conf_act = _out_of_range(art, act, recs[11], recs[10], big, settings, tmp_path)
+    assert conf_act < 0.7
+    exp = Exporter([act, sysm], settings, "vm-1")
+    exp.update(recs[10])
+    assert set(exp.update(rec2)) == set(sysm.zones)
+    r = exp.registry
+    assert _sample(r, "kepler_vm_model_version", zone="dram", version=sysm.version, **_who(sysm)) == 1
+    assert _sample(r, "kepler_vm_low_confidence_total", zone="dram") == 0
+    assert _sample(r, "kepler_vm_model_confidence_score", zone="dram") == 1.0
+
+
+def test_training_metrics_and_collection_durations(art, settings):
+    model = artifact.Model.load(art["models"][SYS_XGB])
+    data = pd.read_parquet(art["datasets"]["AbsPower"])
+    exp = Exporter(model, settings, "vm-1")
+    recs = _records(art)
+    exp.update(recs[0], {"proc": 0.004, "perf": 0.25})
+    exp.update(recs[1], {"proc": 0.003})
+    r = exp.registry
+    for zone in model.zones:
+        assert _sample(r, "kepler_vm_training_data_points", zone=zone) == len(data[data[model.features].notna().all(axis=1)])
+        assert _sample(r, "kepler_vm_last_training_timestamp", zone=zone) == data["time"].max()
+        assert 0 < _sample(r, "kepler_vm_model_inference_duration_seconds", zone=zone) < 0.1
+    assert _sample(r, "kepler_vm_feature_collection_duration_seconds", feature="proc") == 0.003
+    assert _sample(r, "kepler_vm_feature_collection_duration_seconds", feature="perf") == 0.25
+    assert 0 < _sample(r, "kepler_vm_feature_collection_duration_seconds", feature="features") < 0.1

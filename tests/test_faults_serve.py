@@ -266,7 +266,7 @@ def test_host_collector_stops_promptly_on_sigterm(tmp_path, huge_kepler):
 def test_serve_kepler_url_oversized_answer_is_a_failed_read(huge_kepler):
     code = textwrap.dedent(f"""
         import logging, sys, time
-        from vmpower.collect.features import KeplerProcessSeconds
+        from vmpower.collect.sampler import KeplerProcessSeconds
         logging.basicConfig(level=logging.INFO)
         k = KeplerProcessSeconds({huge_kepler + "/metrics?nolength"!r}, timeout=2.0)
         t0 = time.monotonic()

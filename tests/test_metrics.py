@@ -85,7 +85,7 @@ def test_a_model_failing_its_onnx_check_is_recorded_never_selected_and_takes_no_
 
     from vmpower.ops import gate
 
-    from vmpower.serving import predict, selection
+    from vmpower.serving import artifact, selection
     from vmpower.errors import InputError
 
     rng = np.random.default_rng(3)
@@ -123,7 +123,7 @@ def test_a_model_failing_its_onnx_check_is_recorded_never_selected_and_takes_no_
     assert {"package.onnx", "core.onnx"} <= {p.name for p in (out / "LinearRegressionTrainer_nt").iterdir()}
     # predict refuses it with one line; a results directory without best.json skips it.
     with pytest.raises(InputError) as err:
-        predict.Model.load(gbr)
+        artifact.Model.load(gbr)
     assert "onnx_mismatch" in str(err.value) and "\n" not in str(err.value)
     table, _ = selection.best_table(out)
     assert table["nt"]["AbsPower"]["Full"]["trainer"] == "LinearRegression"

@@ -92,7 +92,7 @@ def test_an_edited_source_runs_its_new_code(server, tmp_path):
     before = _client(["synth", "--help"], tmp_path, sock, PYTHONPATH=str(src))
     assert "Generate demo runs" in before.stdout
     for name, old, new in (("demo/synth.py", "Generate demo runs", "Generate EDITED runs"),
-                           ("cli.py", "Build Kepler power models", "Build EDITED models")):
+                           ("cli/__init__.py", "Build Kepler power models", "Build EDITED models")):
         path = src / "vmpower" / name
         path.write_text(path.read_text().replace(old, new))
     after = _client(["synth", "--help"], tmp_path, sock, PYTHONPATH=str(src))

@@ -21,7 +21,8 @@ import pytest
 
 from bench import results
 from bench.predict_artifacts import build
-from vmpower.serving import fallback, predict
+from vmpower.serving import artifact, fallback, live, selection
+from vmpower.serving.exporter import Exporter
 
 pytestmark = pytest.mark.benchmark
 
@@ -55,18 +56,18 @@ def art(tmp_path_factory):
 @pytest.fixture(scope="module")
 def features(art):
     """Real feature rows (the demo run's), computed by the pipeline's code."""
-    model = predict.Model.load(art["models"][KEYS["gbr"]])
-    settings = predict.load_settings(str(art["config"]))
+    model = artifact.Model.load(art["models"][KEYS["gbr"]])
+    settings = live.load_settings(str(art["config"]))
     from vmpower.pipeline import ingest
 
-    feats, drop = predict.frame_features(ingest.read_vm_features(art["vm_files"]["run02-mix"]), settings)
-    X = predict.model_matrix(model, feats, drop, settings, "x")
+    feats, drop = live.frame_features(ingest.read_vm_features(art["vm_files"]["run02-mix"]), settings)
+    X = live.model_matrix(model, feats, drop, settings, "x")
     return X[np.isfinite(X).all(axis=1)]
 
 
 @pytest.mark.parametrize("kind", ["gbr", "xgb", "linear"])
 def test_one_sample_latency_all_zones(benchmark, art, features, kind):
-    model = predict.Model.load(art["models"][KEYS[kind]])
+    model = artifact.Model.load(art["models"][KEYS[kind]])
     assert model.zones == ["package", "core", "dram", "uncore"]
     x = features[:1].copy()
     benchmark.pedantic(model.predict, args=(x,), rounds=3000, iterations=1, warmup_rounds=200)
@@ -82,18 +83,16 @@ def test_exporter_tick(benchmark, art, kind):
     """Exporter.update, the whole tick after collection: two live records -> features (the
     pipeline's, via LiveFeatures) -> confidence -> 4 zones through ONNX -> Prometheus gauges.
     "chain": Activity > SystemOnly > CounterOnly from the results directory, perf present."""
-    import argparse
-
     from bench.predict_artifacts import NODE_TYPE
 
-    settings = predict.load_settings(str(art["config"]))
+    settings = live.load_settings(str(art["config"]))
     if kind == "chain":
-        args = argparse.Namespace(model=str(art["results"]), node_type=NODE_TYPE, machine_spec=None, output_type="AbsPower",
-                                  feature_group=None, config=None, no_fallback=False)
-        models = fallback.resolve_chain(args, use_perf=True)
+        request = selection.ModelRequest(model=art["results"], node_type=NODE_TYPE, machine_spec=None,
+                                         output_type="AbsPower", feature_group=None)
+        models = fallback.resolve_chain(request, use_perf=True)
     else:
-        models = [predict.Model.load(art["models"][KEYS[kind]])]
-    exporter = predict.Exporter(models, settings, "vm-bench")
+        models = [artifact.Model.load(art["models"][KEYS[kind]])]
+    exporter = Exporter(models, settings, "vm-bench")
     records = json.loads(art["vm_files"]["run02-mix"].read_text())
     state = {"i": 0}
 
@@ -111,7 +110,7 @@ def test_exporter_tick(benchmark, art, kind):
 
 
 def test_batch_throughput(benchmark, art, features):
-    model = predict.Model.load(art["models"][KEYS["gbr"]])
+    model = artifact.Model.load(art["models"][KEYS["gbr"]])
     X = np.resize(features, (10_000, features.shape[1]))
     benchmark.pedantic(model.predict, args=(X,), rounds=10, iterations=1, warmup_rounds=1)
     mean = float(np.mean(benchmark.stats.stats.data))
@@ -122,7 +121,7 @@ def test_batch_throughput(benchmark, art, features):
 def test_model_load_time(benchmark, art, form):
     d = art["models"][KEYS["gbr"]]
     path = d if form == "dir" else d.with_name(d.name + ".zip")
-    benchmark.pedantic(predict.Model.load, args=(path,), rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(artifact.Model.load, args=(path,), rounds=10, iterations=1, warmup_rounds=1)
     s = stats_ms(benchmark.stats.stats.data)
     # A fresh process also pays the onnxruntime import: what `vmpower serve` sees at start-up.
     code = ("import time; t = time.perf_counter(); from vmpower.serving.predict import Model; Model.load(%r); "

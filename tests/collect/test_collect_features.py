@@ -15,9 +15,9 @@ import pytest
 
 from collect_helpers import REPO, live_stress_ng, subprocess_env
 
-from vmpower.collect import features as features_mod
+from vmpower.collect import procfs
 from vmpower.collect import perf as perfmod
-from vmpower.collect.features import FeatureCollector, read_proc_stat
+from vmpower.collect.features import FeatureCollector
 
 COUNTERS = ("cpu_cycles", "instructions", "cache_references", "cache_misses", "branches", "branch_misses")
 REQUIRED = {
@@ -148,26 +148,6 @@ def test_perf_counters_are_counts_or_null_never_silent_zero(tmp_path):
         assert rec["perf_available"] is False and all(rec[f] is None for f in COUNTERS)
 
 
-def test_perf_stat_windows_match_proc_counts():
-    """The long-lived perf process, bracketed into a window, agrees with /proc/stat."""
-    path, fields, _ = perfmod.probe()
-    if path is None or not fields["context_switches"]:
-        pytest.skip("perf cannot count context switches system-wide here")
-    ps = perfmod.PerfStat(path, ["context_switches"], interval_ms=50)
-    ps.start()
-    try:
-        time.sleep(0.5)
-        t0, c0 = time.monotonic(), read_proc_stat()["ctxt"]
-        time.sleep(1.5)
-        t1, c1 = time.monotonic(), read_proc_stat()["ctxt"]
-        counts = ps.counts(t0, t1, wait=1.0)
-    finally:
-        ps.stop()
-    assert counts is not None and counts["context_switches"] is not None
-    # perf's own switches add a little; proportional edge splitting adds a little noise
-    assert counts["context_switches"] == pytest.approx(c1 - c0, rel=0.25)
-
-
 @pytest.mark.stress
 @needs_stress
 def test_sigkill_leaves_valid_jsonl_and_no_stress_orphans(tmp_path):
@@ -246,23 +226,21 @@ def test_list_workloads_and_bad_workload(tmp_path):
 
 def _spy_snapshots(monkeypatch) -> list:
     """Record the real /proc snapshots the collector takes (it still reads /proc itself)."""
-    from vmpower.collect import features
-
     snaps = []
-    real = features.take_snapshot
+    real = procfs.take_snapshot
 
     def spy(*args, **kw):
         snap = real(*args, **kw)
         snaps.append(snap)
         return snap
 
-    monkeypatch.setattr(features, "take_snapshot", spy)
+    monkeypatch.setattr(procfs, "take_snapshot", spy)
     return snaps
 
 
 # legacy name -> its total since boot in a snapshot, as older collectors wrote it: the same
 # /proc quantity the collector takes the rate of (the next test checks rate = delta / window).
-SYS_TOTALS = {name.removesuffix("_rate"): total for name, total in features_mod.SYS_RATES.items()}
+SYS_TOTALS = {name.removesuffix("_rate"): total for name, total in procfs.SYS_RATES.items()}
 
 
 def test_sys_rates_are_proc_deltas_over_the_exact_window(tmp_path, monkeypatch):
@@ -294,7 +272,7 @@ def test_new_rates_match_what_the_pipeline_makes_of_legacy_totals_and_serve_gets
 
     from vmpower.pipeline import ingest
 
-    from vmpower.serving import predict
+    from vmpower.serving import live
     from vmpower.pipeline.merge import MergeSettings, vm_feature_frame
 
     snaps = _spy_snapshots(monkeypatch)
@@ -319,9 +297,9 @@ def test_new_rates_match_what_the_pipeline_makes_of_legacy_totals_and_serve_gets
     np.testing.assert_allclose(new_f[rates].to_numpy()[1:], old_f[rates].to_numpy()[1:], rtol=2e-3)
     assert old_f["_drop"].iloc[0] == "rate_warmup" and new_f["_drop"].isna().all()  # no warm-up sample lost
 
-    serve_settings = predict.load_settings(str(REPO / "config.yaml"))
+    serve_settings = live.load_settings(str(REPO / "config.yaml"))
     for prev, cur in zip(data, data[1:]):
-        feats, drop = predict.frame_features(predict.live_frame(prev, cur, serve_settings), serve_settings)
+        feats, drop = live.features_of(prev, cur, serve_settings)
         row = feats.iloc[-1]
         assert pd.isna(drop.iloc[-1])
         assert set(old_names) <= set(feats.columns)

@@ -18,7 +18,8 @@ import pytest
 from collect_helpers import REPO, live_stress_ng, subprocess_env
 
 from kepler_server import Vm
-from vmpower.collect.orchestrate import Orchestrator, machine_spec
+from vmpower.collect.machine import machine_spec
+from vmpower.collect.orchestrate import Orchestrator
 from vmpower.errors import InputError
 
 pytestmark = [pytest.mark.ssh,

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from vmpower.collect.common import (JsonlWriter, Progress, ResponseTooLarge, Schedule, finalize_json_array,
-                                    iso_local, read_capped, setup_file_log, stop_on_signals)
+                                    iso_local, read_capped)
 from vmpower.collect.kepler import ZONE_ORDER, JoulesRate, MetricsError, VmFilter, parse
 from vmpower.errors import InputError
 
@@ -168,100 +168,91 @@ class HostCollector:
             row["vms"] = vms
         return row
 
+    def _scrape(self, t0: float):
+        """(failure, unexpected failure, row, mono, wall) of one scrape; row None: nothing to write."""
+        try:
+            text, ctype = self.fetch()
+            readings = parse(text, ctype)
+            if not readings:
+                raise MetricsError("no kepler_vm_cpu_watts / kepler_vm_<zone>_joules_total samples")
+            mono, wall = time.monotonic(), time.time()
+            row = self._row(readings, mono - t0, wall, mono)
+        # IncompleteRead (body cut off) and BadStatusLine are HTTPException, not OSError
+        except (OSError, urllib.error.URLError, http.client.HTTPException, MetricsError,
+                ResponseTooLarge, UnicodeError) as exc:
+            return exc, None, None, None, None
+        except Exception as exc:  # last resort: one bad scrape must not end the run
+            return exc, exc, None, None, None
+        return None, None, row, mono, wall
+
+    def _emit(self, row: dict) -> None:
+        if self.as_json:
+            self._writer.write(row)
+            self.records.append(row)
+        else:
+            if self._csv_writer is None:
+                self._csv_writer = csv.DictWriter(self._csv_fh, fieldnames=list(row))
+                self._csv_writer.writeheader()
+            self._csv_writer.writerow(row)
+            self._csv_fh.flush()
+            if (self.rows + 1) % self.fsync_every == 0:
+                os.fsync(self._csv_fh.fileno())
+        self.rows += 1
+
+    def _loop(self, progress: Progress) -> None:
+        backoff = 0.0
+        next_try = 0.0
+        t0 = None
+        start_mono = None
+        if self.start_at is not None:
+            start_mono = time.monotonic() + (self.start_at - time.time())
+        for tick in self.schedule.ticks(start_mono):
+            if t0 is None:
+                t0 = tick
+            if tick < next_try:
+                continue
+            self.scrapes += 1
+            failure, unexpected, row, mono, wall = self._scrape(t0)
+            if failure is not None:
+                reason = f"{type(failure).__name__}: {str(failure)[:200]}"
+                self._fail(reason, time.time(), unexpected)
+                backoff = min(self.max_backoff, max(self.interval, backoff * 2 or self.interval * 2))
+                next_try = time.monotonic() + backoff
+                continue
+            backoff = 0.0
+            self._recover(wall)
+            if row is None:
+                continue
+            self._emit(row)
+            progress.update(mono - t0, f"{self.rows} rows, {len(self.gaps) + bool(self._gap)} gaps")
+
+    def _close(self) -> None:
+        if self._gap is not None:
+            self._recover(time.time())
+        if self._csv_fh is not None:
+            self._csv_fh.flush()
+            os.fsync(self._csv_fh.fileno())
+            self._csv_fh.close()
+        if self._writer is not None:
+            self._writer.close()
+            finalize_json_array(self.output, self.records)
+        self._write_gaps()
+
     def run(self) -> int:
         log.info("collecting host power from %s for %s every %.3f s (VMs %s) -> %s", self.url,
                  f"{self.duration:g} s" if self.duration else "until stopped", self.interval,
                  self.filter, self.output)
         self.output.parent.mkdir(parents=True, exist_ok=True)
         progress = Progress("host power", self.duration, enabled=self.progress)
-        writer = JsonlWriter(self.output, fsync_every=self.fsync_every) if self.as_json else None
-        csv_fh = None
-        csv_writer = None
-        if not self.as_json:
-            csv_fh = open(self.output, "w", newline="", encoding="utf-8")
+        self._writer = JsonlWriter(self.output, fsync_every=self.fsync_every) if self.as_json else None
+        self._csv_writer = None
+        self._csv_fh = None if self.as_json else open(self.output, "w", newline="", encoding="utf-8")
         self._write_gaps()
-        backoff = 0.0
-        next_try = 0.0
-        t0 = None
         try:
-            start_mono = None
-            if self.start_at is not None:
-                start_mono = time.monotonic() + (self.start_at - time.time())
-            for tick in self.schedule.ticks(start_mono):
-                if t0 is None:
-                    t0 = tick
-                if tick < next_try:
-                    continue
-                self.scrapes += 1
-                unexpected = None
-                try:
-                    text, ctype = self.fetch()
-                    readings = parse(text, ctype)
-                    if not readings:
-                        raise MetricsError("no kepler_vm_cpu_watts / kepler_vm_<zone>_joules_total samples")
-                    mono, wall = time.monotonic(), time.time()
-                    row = self._row(readings, mono - t0, wall, mono)
-                # IncompleteRead (body cut off) and BadStatusLine are HTTPException, not OSError
-                except (OSError, urllib.error.URLError, http.client.HTTPException, MetricsError,
-                        ResponseTooLarge, UnicodeError) as exc:
-                    failure = exc
-                except Exception as exc:  # last resort: one bad scrape must not end the run
-                    failure = unexpected = exc
-                else:
-                    failure = None
-                if failure is not None:
-                    reason = f"{type(failure).__name__}: {str(failure)[:200]}"
-                    self._fail(reason, time.time(), unexpected)
-                    backoff = min(self.max_backoff, max(self.interval, backoff * 2 or self.interval * 2))
-                    next_try = time.monotonic() + backoff
-                    continue
-                backoff = 0.0
-                self._recover(wall)
-                if row is None:
-                    continue
-                if self.as_json:
-                    writer.write(row)
-                    self.records.append(row)
-                else:
-                    if csv_writer is None:
-                        csv_writer = csv.DictWriter(csv_fh, fieldnames=list(row))
-                        csv_writer.writeheader()
-                    csv_writer.writerow(row)
-                    csv_fh.flush()
-                    if (self.rows + 1) % self.fsync_every == 0:
-                        os.fsync(csv_fh.fileno())
-                self.rows += 1
-                progress.update(mono - t0, f"{self.rows} rows, {len(self.gaps) + bool(self._gap)} gaps")
+            self._loop(progress)
         finally:
             progress.close()
-            if self._gap is not None:
-                self._recover(time.time())
-            if csv_fh is not None:
-                csv_fh.flush()
-                os.fsync(csv_fh.fileno())
-                csv_fh.close()
-            if writer is not None:
-                writer.close()
-                finalize_json_array(self.output, self.records)
-            self._write_gaps()
+            self._close()
         log.info("wrote %d rows to %s (%d scrapes, %d failed, %d gaps)", self.rows, self.output,
                  self.scrapes, self.failures, len(self.gaps))
         return self.rows
-
-
-def main_host(args) -> int:
-    from vmpower import limits
-
-    setup_file_log(args.log_file, args.verbose)
-    names = [n.strip() for n in (args.vm_names or "").split(",") if n.strip()]
-    cap = limits.load(getattr(args, "config", None)).max_http_response_bytes
-    collector = HostCollector(args.kepler_url, args.output, vm_names=names, vm_patterns=args.vm_pattern,
-                              interval=args.interval, duration=args.duration or None, timeout=args.timeout,
-                              start_at=args.start_at, max_response_bytes=cap)
-    with stop_on_signals(collector.stop):
-        rows = collector.run()
-    print(f"{rows} rows -> {args.output} ({len(collector.gaps)} gaps)")
-    if rows == 0:
-        hint = "; names match exactly, globs go in --vm-pattern" if any(set(n) & set("*?[") for n in names) else ""
-        raise InputError(args.kepler_url, f"no power rows collected (Kepler unreachable or no matching VM{hint})")
-    return 0

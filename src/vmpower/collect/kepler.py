@@ -18,9 +18,11 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
+from vmpower.names import ZONES
+
 ZONE_ORDER = ("core", "package", "dram", "uncore")
 WATTS_010 = "kepler_vm_cpu_watts"
-_JOULES_07 = re.compile(r"^kepler_vm_(?P<zone>package|core|dram|uncore)_joules_total$")
+_JOULES_07 = re.compile(rf"^kepler_vm_(?P<zone>{'|'.join(ZONES)})_joules_total$")
 # 0.7 ids: the libvirt scope "machine-qemu\x2d<n>\x2d<name>", with \x2d turned into "-" since 0.7.5
 _LIBVIRT_ID = re.compile(r"^machine-qemu(?:-|\\x2d)\d+(?:-|\\x2d)(?P<name>.+?)(?:\.scope)?$")
 

@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmpower.collect.common import Progress, file_stamp, setup_file_log, stop_on_signals
+from vmpower.collect.common import Progress, file_stamp
+from vmpower.collect.machine import machine_spec
 from vmpower.errors import InputError
 
 log = logging.getLogger("vmpower.collect.run")
@@ -36,40 +37,6 @@ _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]+")
 def slug(text: str) -> str:
     """A node_type / run_id / file-name-safe version of ``text`` (letters, digits, _ . -)."""
     return _NAME_OK.sub("-", text).strip("-.") or "unknown"
-
-
-def machine_spec() -> dict:
-    """The host hardware for machine_spec.json: processor, cores, chips, memory (GiB), frequency (MHz)."""
-    import psutil
-
-    processor, chips, mhz = "", set(), None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, val = line.partition(":")
-                key, val = key.strip(), val.strip()
-                if key == "model name" and not processor:
-                    processor = val
-                elif key == "physical id":
-                    chips.add(val)
-                elif key == "cpu MHz" and mhz is None:
-                    mhz = float(val)
-    except OSError:
-        pass
-    freq = None
-    try:
-        f = psutil.cpu_freq()
-        freq = (f.max or f.current) if f else None
-    except Exception:  # not available in some VMs/containers
-        freq = None
-    freq = freq or mhz
-    return {
-        "processor": processor or os.uname().machine,
-        "cores": psutil.cpu_count(logical=False) or psutil.cpu_count() or 1,
-        "chips": max(1, len(chips)),
-        "memory": round(psutil.virtual_memory().total / 1024 ** 3),
-        "frequency": round(freq) if freq else None,
-    }
 
 
 def _accept_unverified_policy():
@@ -299,92 +266,103 @@ class Orchestrator:
         return out
 
     # -- the run ------------------------------------------------------------------------------------
-    def run(self) -> int:
+    def _start_host(self, start_at: float) -> None:
+        """The host collector in a thread, a little longer than the guest so every guest window
+        has power; the VM name is matched exactly (a VM named "web[1]" is not a glob pattern)."""
+        from vmpower.collect.host import HostCollector
+
+        self.host_collector = HostCollector(self.kepler_url, self.host_file, vm_names=[self.vm_name],
+                                            interval=self.host_interval,
+                                            duration=self.duration + 2 * self.interval + 1.0,
+                                            start_at=start_at, progress=False)
+        if self._stop.is_set():
+            self.host_collector.stop()
+
+        def host_main():
+            try:
+                self.host_collector.run()
+            except BaseException as exc:  # reported after the guest side is cleaned up
+                self._host_error.append(exc)
+                log.exception("host collector failed")
+
+        self._host_thread = threading.Thread(target=host_main, name="host-collector", daemon=True)
+        self._host_thread.start()
+
+    def _wait(self, start_at: float) -> bool:
+        """Until the guest collector ends (True) or the run stops, fails or overruns (False)."""
         import paramiko
 
-        from vmpower.collect.host import HostCollector
+        end = start_at + self.duration + max(30.0, 0.1 * self.duration)
+        self._progress = Progress(f"run {self.run_id}", self.duration)
+        while not self._stop.is_set():
+            self._progress.update(max(0.0, min(self.duration, time.time() - start_at)),
+                                  f"host rows {self.host_collector.rows}")
+            if self._stop.wait(2.0):
+                break
+            try:
+                if not self.remote_alive():
+                    break
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                log.error("SSH connection to the VM failed during the run: %s", exc)
+                return False
+            if time.time() > end:
+                log.error("guest collector still running %.0f s after the end; stopping it",
+                          time.time() - start_at - self.duration)
+                return False
+        return not self._stop.is_set()
+
+    def _collect(self) -> bool:
         from vmpower.io import write_json
 
+        start_at = time.time() + self.start_delay
+        self.start_guest(start_at)
+        # only now: a refused host or a guest that cannot start leaves no half-made run directory
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log.info("run directory %s", self.run_dir)
+        write_json(machine_spec(), self.run_dir / "machine_spec.json")
+        self._start_host(start_at)
+        return self._wait(start_at)
+
+    def _finish(self, ok: bool) -> tuple[Path | None, bool]:
+        """Stop both sides, copy the guest's file back: (that file or None, still ok)."""
+        if self._progress is not None:
+            self._progress.close()
+        if not ok:
+            log.warning("stopping the remote collector and keeping the partial data")
+        self.ensure_connected()
+        self.kill_remote()
+        if self.host_collector is not None:
+            if not ok:
+                self.host_collector.stop()
+            if self._host_thread is not None:
+                self._host_thread.join(self.duration + 30)
+        fetched = self.fetch_guest_file()
+        if fetched is not None and fetched.stat().st_size < 8:  # "[\n]\n" or empty
+            ok = False
+            log.error("the guest collector wrote no samples; its output:\n%s", self.remote_log_tail())
+        elif fetched is not None and not _is_json_array(fetched):
+            ok = False
+            log.error("the guest collector did not finish its file (JSON Lines kept); its output:\n%s",
+                      self.remote_log_tail())
+        if self.client is not None:
+            self.client.close()
+        return fetched, ok
+
+    def run(self) -> int:
         self.connect()
         ok = False
-        failed = False
-        progress = None
-        host_thread = None
-        host_error: list[BaseException] = []
+        self._progress, self._host_thread, self._host_error = None, None, []
         try:
-            start_at = time.time() + self.start_delay
-            self.start_guest(start_at)
-            # only now: a refused host or a guest that cannot start leaves no half-made run directory
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            log.info("run directory %s", self.run_dir)
-            write_json(machine_spec(), self.run_dir / "machine_spec.json")
-            # the host collector runs a little longer than the guest so every guest window has power
-            # the VM name is matched exactly (a VM named "web[1]" is not a glob pattern)
-            self.host_collector = HostCollector(self.kepler_url, self.host_file, vm_names=[self.vm_name],
-                                                interval=self.host_interval,
-                                                duration=self.duration + 2 * self.interval + 1.0,
-                                                start_at=start_at, progress=False)
-            if self._stop.is_set():
-                self.host_collector.stop()
-
-            def host_main():
-                try:
-                    self.host_collector.run()
-                except BaseException as exc:  # reported after the guest side is cleaned up
-                    host_error.append(exc)
-                    log.exception("host collector failed")
-
-            host_thread = threading.Thread(target=host_main, name="host-collector", daemon=True)
-            host_thread.start()
-            end = start_at + self.duration + max(30.0, 0.1 * self.duration)
-            progress = Progress(f"run {self.run_id}", self.duration)
-            while not self._stop.is_set():
-                progress.update(max(0.0, min(self.duration, time.time() - start_at)),
-                                f"host rows {self.host_collector.rows}")
-                if self._stop.wait(2.0):
-                    break
-                try:
-                    if not self.remote_alive():
-                        break
-                except (OSError, EOFError, paramiko.SSHException) as exc:
-                    log.error("SSH connection to the VM failed during the run: %s", exc)
-                    failed = True
-                    break
-                if time.time() > end:
-                    log.error("guest collector still running %.0f s after the end; stopping it",
-                              time.time() - start_at - self.duration)
-                    failed = True
-                    break
-            ok = not self._stop.is_set() and not failed
+            ok = self._collect()
         except KeyboardInterrupt:
             log.warning("interrupted")
         finally:
-            if progress is not None:
-                progress.close()
-            if not ok:
-                log.warning("stopping the remote collector and keeping the partial data")
-            self.ensure_connected()
-            self.kill_remote()
-            if self.host_collector is not None:
-                if not ok:
-                    self.host_collector.stop()
-                if host_thread is not None:
-                    host_thread.join(self.duration + 30)
-            fetched = self.fetch_guest_file()
-            if fetched is not None and fetched.stat().st_size < 8:  # "[\n]\n" or empty
-                ok = False
-                log.error("the guest collector wrote no samples; its output:\n%s", self.remote_log_tail())
-            elif fetched is not None and not _is_json_array(fetched):
-                ok = False
-                log.error("the guest collector did not finish its file (JSON Lines kept); its output:\n%s",
-                          self.remote_log_tail())
-            if self.client is not None:
-                self.client.close()
+            fetched, ok = self._finish(ok)
         if fetched is None:
             raise InputError(f"{self.vm_host}:{self.remote.output if self.remote else self.project}",
                              "no guest feature file could be copied back")
-        if host_error:
-            raise InputError(self.kepler_url, f"host collector failed: {host_error[0]}")
+        if self._host_error:
+            raise InputError(self.kepler_url, f"host collector failed: {self._host_error[0]}")
         rows = self.host_collector.rows if self.host_collector else 0
         log.info("run %s: guest file %s, host file %s (%d rows, %d gaps)%s", self.run_dir, self.vm_file.name,
                  self.host_file.name, rows, len(self.host_collector.gaps) if self.host_collector else 0,
@@ -398,24 +376,3 @@ def _is_json_array(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(64).lstrip()
     return head.startswith(b"[")
-
-
-def main_run(args) -> int:
-    setup_file_log(args.log_file, args.verbose)
-    # the host collector also keeps its own log, as when it runs alone
-    setup_file_log(Path(args.log_file).with_name("bm_power_collection.log"), args.verbose,
-                   logger_name="vmpower.collect.host")
-    orch = Orchestrator(vm_name=args.vm_name, vm_host=args.vm_host, vm_user=args.vm_user, vm_port=args.vm_port,
-                        vm_key_file=args.vm_key_file, known_hosts=args.known_hosts,
-                        insecure_accept_host_key=args.insecure_accept_host_key,
-                        vm_project_path=args.vm_project_path, vm_python=args.vm_python,
-                        duration=args.duration, workloads=args.workloads,
-                        cpu_intensive_duration=args.cpu_intensive_duration, output_prefix=args.output_prefix,
-                        interval=args.interval, host_interval=args.host_interval, kepler_url=args.kepler_url,
-                        vm_kepler_url=args.vm_kepler_url, data_dir=args.data_dir, node_type=args.node_type,
-                        run_id=args.run_id, start_delay=args.start_delay, connect_timeout=args.connect_timeout,
-                        verbose=args.verbose)
-    with stop_on_signals(orch.stop):
-        code = orch.run()
-    print(f"run directory: {orch.run_dir}" + ("" if code == 0 else " (incomplete, see logs/orchestrator.log)"))
-    return code

@@ -132,7 +132,7 @@ def find_idle(models, model_arg: str | Path | None = None) -> tuple[dict[str, fl
     zips = [p for p in sorted(root.rglob("*.zip")) if p.with_suffix("") not in dirs]
     for path in [*dirs, *zips]:
         from vmpower.errors import InputError
-        from vmpower.serving.selection import read_metadata
+        from vmpower.serving.artifact import read_metadata
 
         try:
             meta = read_metadata(path)

@@ -1,21 +1,21 @@
 """``vmpower serve``'s Prometheus exporter: the model chain's watts per zone from live collector
-records (moved out of predict.py; model loading, features and selection stay there)."""
+records (``Exporter``), and the serve loop (``run_exporter``): the collect layer's ``Sampler``
+every interval, one metrics rendering per tick, optionally a RAPL-shaped powercap tree."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from dataclasses import dataclass
 
-from vmpower.serving.energy import NodeEnergy
 from vmpower.errors import InputError
-from vmpower.serving.predict import (DEFAULT_CONFIDENCE_THRESHOLD, LiveFeatures, Model, for_features,
-                             rate_features)
+from vmpower.serving.artifact import Model
+from vmpower.serving.energy import NodeEnergy
+from vmpower.serving.fallback import DEFAULT_CONFIDENCE_THRESHOLD
+from vmpower.serving.live import LiveFeatures, for_features, rate_features
 
 log = logging.getLogger("vmpower.serving.predict")
-
-
-# ---------------------------------------------------------------- serve
 
 SOURCES = ("proc", "perf", "kepler", "features")  # kepler_vm_feature_collection_duration_seconds{feature}
 SAMPLE_ERROR = "_sample"  # kepler_vm_feature_collection_errors_total{feature} of a failed tick
@@ -33,8 +33,7 @@ class Exporter:
     def __init__(self, models, settings, node_name: str, *, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
                  low_confidence: str = "report", registry=None, idle: dict[str, float] | None = None,
                  max_fields: int | None = None):
-        import numpy as np
-        from prometheus_client import CollectorRegistry, Counter, Gauge
+        from prometheus_client import CollectorRegistry
 
         models = [models] if isinstance(models, Model) else list(models)
         settings = list(settings) if isinstance(settings, (list, tuple)) else [settings] * len(models)
@@ -43,8 +42,25 @@ class Exporter:
         self.models, self.node_name = models, node_name
         self.max_fields = max_fields  # a live record wider than this is a failed tick (limits.max_columns)
         self.threshold, self.low_confidence = float(threshold), low_confidence
-        # One feature computation per distinct ingest settings (normally one for the whole chain),
-        # computing the hinge inputs of all its models.
+        self._features(settings)
+        self.zones = list(dict.fromkeys(z for m in models for z in m.zones))
+        self.chain = {z: [i for i, m in enumerate(models) if z in m.zones] for z in self.zones}
+        self.features = list(dict.fromkeys(f for m in models for f in m.features))
+
+        self.registry = registry or CollectorRegistry()
+        # kepler_node_cpu_* (Kepler >= 0.10's node family: watts, joules, active/idle, usage ratio)
+        self.energy = NodeEnergy(self.zones, node_name, idle, registry=self.registry)
+        # A DynPower model predicts the power above idle: its total adds the zone's idle power.
+        self.base = [self.energy.idle if m.metadata.get("output_type") == "DynPower" else {} for m in models]
+        self._define_metrics(self.registry)
+        self._first_series()
+        self._prev: dict | None = None
+
+    def _features(self, settings) -> None:
+        """One feature computation per distinct ingest settings (normally one for the whole
+        chain), computing the hinge inputs of all its models."""
+        import numpy as np
+
         bases: list = []
         self.group: list[int] = []
         for s in settings:
@@ -52,20 +68,15 @@ class Exporter:
             if base not in bases:
                 bases.append(base)
             self.group.append(bases.index(base))
+        models = self.models
         self.live = [LiveFeatures(for_features(b, [f for m, g in zip(models, self.group) if g == i for f in m.features]))
                      for i, b in enumerate(bases)]
         self.rate_mask = [np.array([f in rate_features(s, m.features) for f in m.features], bool)
                           for m, s in zip(models, settings)]
-        self.zones = list(dict.fromkeys(z for m in models for z in m.zones))
-        self.chain = {z: [i for i, m in enumerate(models) if z in m.zones] for z in self.zones}
-        self.features = list(dict.fromkeys(f for m in models for f in m.features))
 
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        # kepler_node_cpu_* (Kepler >= 0.10's node family: watts, joules, active/idle, usage ratio)
-        self.energy = NodeEnergy(self.zones, node_name, idle, registry=r)
-        # A DynPower model predicts the power above idle: its total adds the zone's idle power.
-        self.base = [self.energy.idle if m.metadata.get("output_type") == "DynPower" else {} for m in models]
+    def _define_metrics(self, r) -> None:
+        from prometheus_client import Counter, Gauge
+
         self.inference = Gauge("kepler_vm_model_inference_duration_seconds",
                                "Time of the last inference of the model serving the zone", ["zone"], registry=r)
         self.confidence = Gauge("kepler_vm_model_confidence_score",
@@ -93,6 +104,10 @@ class Exporter:
                            "at or above the threshold", ["zone"], registry=r)
         self.unavailable = Counter("kepler_vm_zone_unavailable", "Ticks on which the zone was not reported",
                                    ["zone"], registry=r)
+
+    def _first_series(self) -> None:
+        """The series exported from the start (counters at 0, every model's version at 0)."""
+        models = self.models
         for f in [*self.features, SAMPLE_ERROR]:
             self.errors.labels(f)  # exported as 0 from the start
         for zone in self.zones:
@@ -106,7 +121,6 @@ class Exporter:
         self._info: dict[str, int] = {}  # zone -> model whose MAE/training info is exported
         for zone in self.zones:
             self._set_info(zone, self.chain[zone][0])
-        self._prev: dict | None = None
 
     def _set_info(self, zone: str, i: int) -> None:
         if self._info.get(zone) == i:
@@ -138,6 +152,14 @@ class Exporter:
             self._set_info(zone, i)
         self.inference.labels(zone).set(seconds)
 
+    def _show_confidence(self, zone: str, value: float | None) -> None:
+        if value is not None:
+            self.confidence.labels(zone).set(value)
+            self._conf_shown.add(zone)
+        elif zone in self._conf_shown:
+            self._conf_shown.discard(zone)
+            self.confidence.remove(zone)
+
     def fail(self, exc: BaseException | None = None) -> None:
         """A tick without a sample (collection or feature computation failed): count it and
         publish no watts; rates restart from the next record."""
@@ -146,15 +168,11 @@ class Exporter:
         self.energy.tick({}, None)
         for zone in self.zones:
             self._absent(zone)
-            if zone in self._conf_shown:
-                self._conf_shown.discard(zone)
-                self.confidence.remove(zone)
+            self._show_confidence(zone, None)
 
     def update(self, record: dict, durations: dict | None = None) -> dict[str, float]:
         """Feed one collector record; returns the watts reported per zone (absent zones omitted).
         ``durations``: seconds per collection source, exported with the feature computation's."""
-        import numpy as np
-
         t0 = time.perf_counter()
         for src, seconds in (durations or {}).items():
             self.collection.labels(src).set(seconds)
@@ -173,6 +191,21 @@ class Exporter:
             self.fail(exc)
             self._prev = record  # the record itself may pair with the next one
             return {}
+        xs, ok = self._inputs(computed)
+        self.collection.labels("features").set(time.perf_counter() - t0)
+        conf = [m.confidence(x[0]) if good else None for m, x, good in zip(self.models, xs, ok)]
+        out = {}
+        for zone in self.zones:
+            w = self._zone(zone, xs, ok, conf)
+            if w is not None:
+                out[zone] = w
+        self.energy.tick(out, _window(prev, record), _usage_ratio(record))
+        return out
+
+    def _inputs(self, computed):
+        """(input row [1, n] per model, whether it is complete), counting unavailable features."""
+        import numpy as np
+
         xs, ok, missing = [], [], set()
         for m, g, mask in zip(self.models, self.group, self.rate_mask):
             feats, reason = computed[g]
@@ -186,46 +219,39 @@ class Exporter:
             ok.append(bool(good.all()))
         for f in missing:
             self.errors.labels(f).inc()
-        self.collection.labels("features").set(time.perf_counter() - t0)
-        conf = [m.confidence(x[0]) if good else None for m, x, good in zip(self.models, xs, ok)]
-        out = {}
-        for zone in self.zones:
-            have = [i for i in self.chain[zone] if ok[i]]
-            passing = [i for i in have if conf[i] is None or conf[i] >= self.threshold]
-            low = [i for i in have if i not in passing]
-            order = passing + (low if self.low_confidence == "report" else [])
-            served = None
-            for i in order:
-                t1 = time.perf_counter()
-                try:
-                    w = float(self.models[i].predict_zone(zone, xs[i])[0])
-                except Exception as exc:  # onnxruntime's own types: try the next model
-                    self.inference_errors.labels(zone, *self.models[i].labels).inc()
-                    log.warning("%s: inference of zone %s failed: %s", self.models[i].name, zone, exc)
-                    continue
-                if not math.isfinite(w):
-                    self.inference_errors.labels(zone, *self.models[i].labels).inc()
-                    continue
-                w = max(0.0, w + self.base[i].get(zone, 0.0))  # total power; below 0 is not power
-                served = i
-                self._serve(zone, i, w, time.perf_counter() - t1)
-                out[zone] = w
-                break
-            if low and (served is None or served in low):
-                self.low.labels(zone).inc()
-            shown = served if served is not None else (low[0] if low else None)
-            if shown is not None and conf[shown] is not None:
-                self.confidence.labels(zone).set(conf[shown])
-                self._conf_shown.add(zone)
-            elif zone in self._conf_shown:
-                self._conf_shown.discard(zone)
-                self.confidence.remove(zone)
-            if served is None:
-                self._absent(zone)
         if missing:
             log.debug("features unavailable: %s", ", ".join(sorted(missing)))
-        self.energy.tick(out, _window(prev, record), _usage_ratio(record))
-        return out
+        return xs, ok
+
+    def _zone(self, zone: str, xs, ok, conf) -> float | None:
+        """The zone's watts from the first model of its chain that answers (None: absent)."""
+        have = [i for i in self.chain[zone] if ok[i]]
+        passing = [i for i in have if conf[i] is None or conf[i] >= self.threshold]
+        low = [i for i in have if i not in passing]
+        order = passing + (low if self.low_confidence == "report" else [])
+        served = watts = None
+        for i in order:
+            t1 = time.perf_counter()
+            try:
+                w = float(self.models[i].predict_zone(zone, xs[i])[0])
+            except Exception as exc:  # onnxruntime's own types: try the next model
+                self.inference_errors.labels(zone, *self.models[i].labels).inc()
+                log.warning("%s: inference of zone %s failed: %s", self.models[i].name, zone, exc)
+                continue
+            if not math.isfinite(w):
+                self.inference_errors.labels(zone, *self.models[i].labels).inc()
+                continue
+            watts = max(0.0, w + self.base[i].get(zone, 0.0))  # total power; below 0 is not power
+            served = i
+            self._serve(zone, i, watts, time.perf_counter() - t1)
+            break
+        if low and (served is None or served in low):
+            self.low.labels(zone).inc()
+        shown = served if served is not None else (low[0] if low else None)
+        self._show_confidence(zone, conf[shown] if shown is not None else None)
+        if served is None:
+            self._absent(zone)
+        return watts
 
 
 def _window(prev: dict, record: dict) -> float | None:
@@ -252,108 +278,102 @@ def _remove(metric, *labels) -> None:
         pass
 
 
-class _Timer:
-    """Wraps a collector method to add its run time to a per-source total."""
-
-    def __init__(self, totals: dict, source: str, fn):
-        self.totals, self.source, self.fn = totals, source, fn
-
-    def __call__(self, *a, **kw):
-        t = time.perf_counter()
-        try:
-            return self.fn(*a, **kw)
-        finally:
-            self.totals[self.source] += time.perf_counter() - t
-
-
-def run_exporter(models, settings, *, port: int, address: str, interval: float, node_name: str,
-                 use_perf: bool, kepler_url: str | None, stop=None, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
-                 low_confidence: str = "report", idle_source=None, powercap_dir=None, limits=None) -> None:
-    """Collect live features every ``interval`` s with the guest collector and serve /metrics.
+@dataclass(frozen=True)
+class ServeOptions:
+    """``vmpower serve``'s settings: where to listen, how often to sample, how to choose.
     ``idle_source``: the --model path, searched for the node_type's idle power (find_idle);
-    ``powercap_dir``: keep a RAPL-shaped tree of the modelled energy there (vmpower.serving.powercap);
-    ``limits``: vmpower.limits.Limits (HTTP server, Kepler answers, record width)."""
-    import os
+    ``powercap_dir``: keep a RAPL-shaped tree of the modelled energy there (vmpower.serving.powercap)."""
 
-    from prometheus_client import disable_created_metrics
+    port: int
+    address: str
+    interval: float
+    node_name: str
+    use_perf: bool
+    kepler_url: str | None
+    threshold: float
+    low_confidence: str
+    idle_source: object
+    powercap_dir: object
 
-    from vmpower import limits as limits_mod
-    from vmpower.serving import metrics_http
 
-    from vmpower.collect import features as collect_features
-    from vmpower.collect.common import Schedule
+def _exporter(models, settings, options: ServeOptions, limits) -> Exporter:
     from vmpower.serving.energy import find_idle
-    from vmpower.serving.powercap import PowercapTree
 
-    disable_created_metrics()  # *_created series only add noise to every scrape
-    idle, where = find_idle(models, idle_source)
+    idle, where = find_idle(models, options.idle_source)
     if idle is None:
         log.warning("no idle power for the node_type (%s): kepler_node_cpu_active_*/idle_* are not published", where)
     else:
         log.info("idle power per zone from %s: %s", where, ", ".join(f"{z} {w:.3g} W" for z, w in idle.items()))
-    limits = limits or limits_mod.defaults()
-    exporter = Exporter(models, settings, node_name, threshold=threshold, low_confidence=low_confidence, idle=idle,
-                        max_fields=limits.max_columns)
-    tree = PowercapTree(powercap_dir, exporter.zones) if powercap_dir else None
-    collector = collect_features.FeatureCollector(os.devnull, interval=interval, duration=None, workloads="none",
-                                                  kepler_url=kepler_url, use_perf=use_perf,
-                                                  max_http_bytes=limits.max_http_response_bytes)
-    collector._start_perf()
-    # Time per source: perf (waiting for perf's counts) and Kepler are collector methods; the
-    # rest of a sample (/proc, psutil) is "proc".
-    totals = {"perf": 0.0, "kepler": 0.0}
-    timed = {"perf": collector.perf is not None and hasattr(collector, "_perf_values"),
-             "kepler": getattr(getattr(collector, "kepler", None), "url", None) is not None}
-    if timed["perf"]:
-        collector._perf_values = _Timer(totals, "perf", collector._perf_values)
-    if timed["kepler"]:
-        collector.kepler.features = _Timer(totals, "kepler", collector.kepler.features)
+    return Exporter(models, settings, options.node_name, threshold=options.threshold,
+                    low_confidence=options.low_confidence, idle=idle, max_fields=limits.max_columns)
+
+
+def _one_tick(exporter: Exporter, sampler, last_error: str | None) -> tuple[bool, str | None]:
+    """One sample into the exporter: (whether the tick counts, the error message of this tick).
+    The first snapshot only starts the first window; a failed tick publishes no watts."""
     try:
-        # Every change of the metrics happens in a tick below: one rendering per tick serves all scrapes.
+        record = sampler.next()
+        if record is None:
+            return False, last_error
+        exporter.update(record, sampler.durations)
+        return True, None
+    except Exception as exc:  # the exporter outlives any one bad tick (psutil, /proc, perf ...)
+        exporter.fail(exc)
+        msg = f"{type(exc).__name__}: {exc}"
+        (log.debug if msg == last_error else log.warning)("tick failed, no watts published: %s", msg)
+        return True, msg
+
+
+def _serve_ticks(exporter: Exporter, sampler, schedule, ticks: list, tree, powercap_dir) -> None:
+    last_error = None
+    for _tick in schedule.ticks():
+        counted, last_error = _one_tick(exporter, sampler, last_error)
+        if not counted:
+            continue
+        ticks[0] += 1
+        if tree is not None:
+            try:
+                tree.write(exporter.energy.snapshot_joules())
+            except OSError as exc:  # e.g. a full disk: the metrics go on
+                log.warning("cannot update the powercap tree %s: %s", powercap_dir, exc)
+
+
+def run_exporter(models, settings, options: ServeOptions, *, stop=None, limits=None) -> None:
+    """Collect live features every ``options.interval`` s with the collect layer's Sampler and
+    serve /metrics until a function appended to ``stop`` is called. ``limits``:
+    vmpower.limits.Limits (HTTP server, Kepler answers, record width)."""
+    from prometheus_client import disable_created_metrics
+
+    from vmpower import limits as limits_mod
+    from vmpower.collect.common import Schedule
+    from vmpower.collect.sampler import Sampler
+    from vmpower.serving import metrics_http
+    from vmpower.serving.powercap import PowercapTree
+
+    disable_created_metrics()  # *_created series only add noise to every scrape
+    limits = limits or limits_mod.defaults()
+    exporter = _exporter(models, settings, options, limits)
+    tree = PowercapTree(options.powercap_dir, exporter.zones) if options.powercap_dir else None
+    sampler = Sampler(options.interval, use_perf=options.use_perf, kepler_url=options.kepler_url,
+                      max_http_bytes=limits.max_http_response_bytes)
+    sampler.start()
+    try:
+        # Every change of the metrics happens in a tick: one rendering per tick serves all scrapes.
         ticks = [0]
-        server, thread = metrics_http.start(exporter.registry, address, port, limits, version=lambda: ticks[0])
+        server, thread = metrics_http.start(exporter.registry, options.address, options.port, limits,
+                                            version=lambda: ticks[0])
     except OSError as exc:
-        raise InputError(f"{address}:{port}", f"cannot listen ({exc.strerror or exc})") from None
+        sampler.stop()
+        raise InputError(f"{options.address}:{options.port}", f"cannot listen ({exc.strerror or exc})") from None
     log.info("serving %s on http://%s:%d/metrics (interval %.3g s)", ", ".join(m.name for m in exporter.models),
-             address, port, interval)
-    schedule = Schedule(interval, None)
+             options.address, options.port, options.interval)
+    schedule = Schedule(options.interval, None)
     if stop is not None:
         stop.append(schedule.stop)
-    prev = t_start = None
-    last_error = None
     try:
-        for _tick in schedule.ticks():
-            cur = None
-            try:
-                for k in totals:
-                    totals[k] = 0.0
-                t0 = time.perf_counter()
-                cur = collect_features.take_snapshot()
-                if prev is None:
-                    prev, t_start = cur, cur.mono
-                    continue
-                record = collector._sample(prev, cur, t_start)
-                durations = {"proc": time.perf_counter() - t0 - sum(totals.values()),
-                             **{k: v for k, v in totals.items() if timed[k]}}
-                exporter.update(record, durations)
-                last_error = None
-            except Exception as exc:  # the exporter outlives any one bad tick (psutil, /proc, perf ...)
-                exporter.fail(exc)
-                msg = f"{type(exc).__name__}: {exc}"
-                (log.debug if msg == last_error else log.warning)("tick failed, no watts published: %s", msg)
-                last_error = msg
-            finally:
-                if cur is not None and prev is not None:
-                    prev = cur  # the next window starts here whatever happened to this one
-            ticks[0] += 1
-            if tree is not None:
-                try:
-                    tree.write(exporter.energy.snapshot_joules())
-                except OSError as exc:  # e.g. a full disk: the metrics go on
-                    log.warning("cannot update the powercap tree %s: %s", powercap_dir, exc)
+        _serve_ticks(exporter, sampler, schedule, ticks, tree, options.powercap_dir)
     finally:
-        if collector.perf is not None:
-            collector.perf.stop()
+        sampler.stop()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

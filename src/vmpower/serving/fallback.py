@@ -4,7 +4,7 @@ The chain is the selected model, then the node_type's best model of every other 
 by held-out MAE (vmpower.serving.selection). For each sample and zone, the first model of the chain
 that has the zone, all of its inputs and a confidence at or above the threshold answers; when
 only models below the threshold have their inputs, ``low_confidence`` "report" takes the first
-of them and "drop" none. serve applies the rule tick by tick (predict.Exporter, which also
+of them and "drop" none. serve applies the rule tick by tick (exporter.Exporter, which also
 falls back on an inference error); predict applies it to a whole file at once (``choose``) and
 names the model of every row and zone. predict never exits 0 without watts: a file in which no
 sample has the inputs of any model is an error naming the missing features.
@@ -17,37 +17,44 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmpower.serving import predict as pr
 from vmpower.errors import InputError
-from vmpower.serving.selection import resolve_paths
+from vmpower.names import power_column
+from vmpower.serving.artifact import Model
+from vmpower.serving.live import for_features, frame_features, load_settings, model_matrix, perf_inputs
+from vmpower.serving.selection import ModelRequest, resolve_paths
 
 log = logging.getLogger("vmpower.serving.fallback")
 
+# The seed's validation.confidence_threshold (--confidence-threshold).
+DEFAULT_CONFIDENCE_THRESHOLD = 0.7
 
-def label(model: pr.Model) -> str:
+
+def label(model: Model) -> str:
     """<feature_group>/<model_name>: the model name alone is the same for a trainer in every group."""
     name, group = model.labels
     return f"{group}/{name}" if group else name
 
 
-def load_model(path: Path, level: int = logging.INFO, limits=None) -> pr.Model:
+def load_model(path: Path, level: int = logging.INFO, limits=None) -> Model:
     t0 = time.perf_counter()
-    model = pr.Model.load(path, limits)
+    model = Model.load(path, limits)
     log.log(level, "loaded %s (version %s, %d features, zones %s) in %.3f s", model.name, model.version,
             len(model.features), ",".join(model.zones), time.perf_counter() - t0)
     return model
 
 
-def resolve_chain(args, *, use_perf: bool = True, level: int = logging.INFO, limits=None) -> list[pr.Model]:
-    """The chain: the selected model, then (from a results directory, unless --no-fallback) the
+def resolve_chain(request: ModelRequest, config: str | None = None, *, fallback: bool = True,
+                  use_perf: bool = True, level: int = logging.INFO, limits=None) -> list[Model]:
+    """The chain: the selected model, then (from a results directory, with ``fallback``) the
     node_type's best model of every other feature group by MAE. Without perf, only models whose
-    features can be collected are chosen (an explicit --feature-group is kept first)."""
+    features can be collected are chosen (an explicit feature group is kept first). ``config``:
+    the --config whose ingest settings apply (None: each model's own)."""
 
     def usable(meta: dict) -> bool:
-        return use_perf or not pr.perf_inputs(pr.load_settings(args.config, meta), meta.get("features") or [])
+        return use_perf or not perf_inputs(load_settings(config, meta), meta.get("features") or [])
 
-    paths = resolve_paths(args, usable, level, limits)
-    if getattr(args, "no_fallback", False):
+    paths = resolve_paths(request, usable, level, limits)
+    if not fallback:
         paths = paths[:1]
     models = [load_model(p, level, limits) for p in paths]
     if len(models) > 1:
@@ -89,19 +96,19 @@ def chain_inputs(models, settings, raw):
     bases: list = []
     group: list[int] = []
     for s in settings:
-        base = pr.for_features(s, [])
+        base = for_features(s, [])
         if base not in bases:
             bases.append(base)
         group.append(bases.index(base))
     frames = []
     for i, base in enumerate(bases):
-        s = pr.for_features(base, [f for m, g in zip(models, group) if g == i for f in m.features])
-        frames.append((s, *pr.frame_features(raw, s)))
+        s = for_features(base, [f for m, g in zip(models, group) if g == i for f in m.features])
+        frames.append((s, *frame_features(raw, s)))
     out = []
     for m, g in zip(models, group):
         s, feats, drop = frames[g]
         absent = [f for f in m.features if f not in feats.columns]
-        X = pr.model_matrix(m, feats.reindex(columns=[*feats.columns, *absent]), drop, s, raw.path)
+        X = model_matrix(m, feats.reindex(columns=[*feats.columns, *absent]), drop, s, raw.path)
         ok = np.isfinite(X).all(axis=1)
         conf = np.full(len(X), np.nan)
         if m.ranges is not None:
@@ -111,14 +118,14 @@ def chain_inputs(models, settings, raw):
     return out, frames[group[0]][2]
 
 
-def _infer(model: pr.Model, zone: str, X):
+def _infer(model: Model, zone: str, X):
     try:
         return model.predict_zone(zone, X)
     except Exception as exc:  # onnxruntime's own types
         raise InputError(model.source, f"inference of zone {zone} failed ({' '.join(str(exc).split())[:120]})") from None
 
 
-def predict_chain(models, settings, input_path, *, threshold: float = pr.DEFAULT_CONFIDENCE_THRESHOLD,
+def predict_chain(models, settings, input_path, *, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
                   low_confidence: str = "report", limits=None):
     """(per-sample frame, summary line) for a VM features file: timestamps, ``power_<zone>``,
     ``skip_reason``, then ``model_<zone>`` (the model that answered, empty without watts).
@@ -145,9 +152,9 @@ def predict_chain(models, settings, input_path, *, threshold: float = pr.DEFAULT
             if rows.any():
                 watts[rows] = _infer(models[i], zone, inputs[i].X[rows])
                 who[rows] = label(models[i])
-        out[f"power_{zone}"] = watts
+        out[power_column(zone)] = watts
         names[f"model_{zone}"] = pd.Series(who, index=out.index, dtype="string")
-    power = out[[f"power_{z}" for z in zones]]
+    power = out[[power_column(z) for z in zones]]
     lacking = power.isna().any(axis=1).to_numpy()
     reason = pd.Series(pd.NA, index=out.index, dtype="string")
     reason[lacking] = drop[lacking].fillna("missing_features")
@@ -198,36 +205,3 @@ def _summary(out, zones, models, inputs, served, reason) -> str:
         line += f"; {int((~served).sum())} lacked the inputs of every model ({_missing(models, inputs, ~served, reason)})"
     return line
 
-
-def cmd_predict(args) -> int:
-    import sys
-
-    from vmpower.io import atomic_path, write_parquet
-
-    target = Path(args.output) if args.output else None
-    if target is not None and target.suffix not in (".csv", ".parquet"):
-        raise InputError(target, "output must end in .csv or .parquet")
-    if args.config:  # a bad config fails first, in one line
-        pr.check_file(args.config)
-    from vmpower import limits as limits_mod
-
-    limits = limits_mod.load(args.config)
-    # predict names its models in the output and summary: loading them is not news.
-    models = resolve_chain(args, level=logging.DEBUG, limits=limits)
-    settings = [pr.load_settings(args.config, m.metadata) for m in models]
-    out, line = predict_chain(models, settings, args.input, threshold=args.confidence_threshold,
-                              low_confidence=args.low_confidence, limits=limits)
-    if target is None:
-        try:
-            out.to_csv(sys.stdout, index=False, float_format="%.6f")
-        except BrokenPipeError:  # e.g. piped into head
-            pass
-        print(line, file=sys.stderr)
-        return 0
-    if target.suffix == ".parquet":
-        write_parquet(out, target)
-    else:
-        with atomic_path(target) as tmp:
-            out.to_csv(tmp, index=False, float_format="%.6f")
-    print(f"{line} -> {target}")
-    return 0

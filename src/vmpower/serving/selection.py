@@ -15,16 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmpower.errors import InputError
+from vmpower.serving.artifact import USABLE_STATUSES, parse_json, read_metadata, usable_status  # noqa: F401
 
 log = logging.getLogger("vmpower.serving.selection")
 
 DEFAULT_OUTPUT_TYPE = "AbsPower"
-# Statuses of a model that can serve ("trained" as exported; "ok" in summaries).
-USABLE_STATUSES = ("trained", "ok")
-
-
-def usable_status(meta: dict) -> bool:
-    return meta.get("status", "trained") in USABLE_STATUSES
 
 
 _VENDORS = (("intel", "intel"), ("amd", "amd"), ("epyc", "amd"), ("ryzen", "amd"), ("arm", "arm"),
@@ -67,31 +62,33 @@ def _norm_processor(p) -> str:
     return " ".join(_NOISE.sub(" ", str(p or "").lower()).split())
 
 
-def read_metadata(path: Path, limits=None) -> dict:
-    """metadata.json of a model dir or zip, unverified (selection only; the chosen one is verified),
-    size- and depth-bounded by ``limits`` (default: the built-in ones)."""
-    from vmpower.serving.archive import read_model_files
-
-    files = read_model_files(path, limits, names={"metadata.json"})
-    if "metadata.json" not in files:
-        raise InputError(path, "cannot read metadata.json (not in the model)")
-    return _json(path, files["metadata.json"], limits, "metadata.json")
-
-
-def _json(path: Path, data: bytes, limits, what: str):
-    """Bounded JSON (vmpower.jsonguard): one line naming the file on any problem."""
-    from vmpower import jsonguard
-    from vmpower import limits as limits_mod
-
-    try:
-        return jsonguard.loads(data, path, limits or limits_mod.defaults())
-    except InputError as exc:
-        raise InputError(path, f"cannot read {what} ({exc.problem})") from None
-
-
 def is_model_collection(path: Path) -> bool:
     """A directory to select from (results/ with best.json, or holding model archives), not a model."""
     return path.is_dir() and not (path / "metadata.json").exists()
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What ``--model`` and its selection options ask for: a model (directory or .zip), or a
+    results directory to select from by node_type or machine spec, output type and group."""
+
+    model: Path
+    node_type: str | None
+    machine_spec: Path | None
+    output_type: str
+    feature_group: str | None
+
+
+def read_best_json(path: Path, limits=None) -> dict:
+    """results/best.json: {node_type: {output_type: {group: entry}}} (the one place serving reads it)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(path, f"cannot read best models ({exc})") from None
+    best = parse_json(path, data, limits, "best models")
+    if not isinstance(best, dict):
+        raise InputError(path, "cannot read best models (not a JSON object)")
+    return best
 
 
 def best_table(results: Path, limits=None) -> tuple[dict, Path]:
@@ -100,14 +97,7 @@ def best_table(results: Path, limits=None) -> tuple[dict, Path]:
     output type and feature group among the model directories and archives under the directory."""
     best_path = results / "best.json"
     if best_path.exists():
-        try:
-            data = best_path.read_bytes()
-        except OSError as exc:
-            raise InputError(best_path, f"cannot read best models ({exc})") from None
-        best = _json(best_path, data, limits, "best models")
-        if not isinstance(best, dict):
-            raise InputError(best_path, "cannot read best models (not a JSON object)")
-        return best, best_path
+        return read_best_json(best_path, limits), best_path
     dirs = [p.parent for p in sorted(results.rglob("metadata.json"))]
     zips = [p for p in sorted(results.rglob("*.zip")) if p.with_suffix("") not in dirs]
     best: dict = {}
@@ -147,6 +137,66 @@ def _model_path(results: Path, output_type: str, group: str, entry: dict) -> Pat
     raise InputError(results / "best.json", f"model {entry['model_name']} not found under {results / 'models'}")
 
 
+@dataclass
+class _Table:
+    """best_table's answer and how to pick within one node_type."""
+
+    results: Path
+    best: dict
+    where: Path
+    output_type: str
+    feature_group: str | None
+    usable: object
+    limits: object
+
+    def ranked(self, nt: str) -> list[tuple[str, Path]]:
+        """(group, model path) of the node_type that can serve, chosen group first, then by MAE."""
+        output_type = self.output_type
+        groups = self.best[nt].get(output_type) or {}
+        if not groups:
+            raise InputError(self.where, f"node_type {nt} has no {output_type} model (has {', '.join(self.best[nt])})")
+        order = sorted(groups, key=lambda k: (groups[k]["mae_mean"], k))  # lowest held-out MAE first
+        paths, ok, failed = [], [], {}
+        for g in order:
+            p = _model_path(self.results, output_type, g, groups[g])
+            meta = read_metadata(p, self.limits)
+            if not (usable_status(groups[g]) and usable_status(meta)):  # e.g. onnx_mismatch: never served
+                failed[g] = groups[g].get("status") if not usable_status(groups[g]) else meta.get("status")
+                continue
+            paths.append((g, p))
+            if self.usable is None or self.usable(meta):
+                ok.append((g, p))
+        if failed:
+            log.warning("%s: skipping %s", nt, ", ".join(f"{output_type}/{g} (status {s})" for g, s in failed.items()))
+        if not paths:
+            raise InputError(self.where, f"no {output_type} model of node_type {nt} can serve (statuses: "
+                                         f"{', '.join(f'{g} {s}' for g, s in failed.items())})")
+        if self.feature_group:
+            return self._chosen_first(nt, groups, paths, ok, failed)
+        if not ok:
+            raise InputError(self.where, f"no {output_type} model of node_type {nt} can be computed from the features "
+                                         f"collected here (groups: {', '.join(order)}; perf counters needed?)")
+        return ok
+
+    def _chosen_first(self, nt, groups, paths, ok, failed) -> list[tuple[str, Path]]:
+        output_type, feature_group = self.output_type, self.feature_group
+        if feature_group in failed:
+            raise InputError(self.where, f"{output_type}/{feature_group} of node_type {nt} cannot serve "
+                                         f"(status {failed[feature_group]})")
+        if feature_group not in groups:
+            raise InputError(self.where, f"node_type {nt} has no {output_type}/{feature_group} model "
+                                         f"(groups: {', '.join(sorted(groups))})")
+        chosen = next(gp for gp in paths if gp[0] == feature_group)
+        if chosen not in ok:
+            log.warning("%s/%s of %s needs features that cannot be collected here: its zones will be absent "
+                        "unless a fallback model serves them", output_type, feature_group, nt)
+        return [chosen] + [gp for gp in ok if gp != chosen]
+
+    def selection(self, nt, chain, exact, dist) -> Selection:
+        (g, path), rest = chain[0], chain[1:]
+        return Selection(path, nt, self.output_type, g, exact, dist, [p for _g, p in rest])
+
+
 def select_model(results: str | Path, *, node_type: str | None = None, machine_spec: dict | None = None,
                  output_type: str = DEFAULT_OUTPUT_TYPE, feature_group: str | None = None,
                  usable=None, limits=None) -> Selection:
@@ -159,63 +209,28 @@ def select_model(results: str | Path, *, node_type: str | None = None, machine_s
     groups' best models by MAE."""
     results = Path(results)
     best, where = best_table(results, limits)
-
-    def ranked(nt: str) -> list[tuple[str, Path]]:
-        groups = best[nt].get(output_type) or {}
-        if not groups:
-            raise InputError(where, f"node_type {nt} has no {output_type} model (has {', '.join(best[nt])})")
-        order = sorted(groups, key=lambda k: (groups[k]["mae_mean"], k))  # lowest held-out MAE first
-        paths, ok, failed = [], [], {}
-        for g in order:
-            p = _model_path(results, output_type, g, groups[g])
-            meta = read_metadata(p, limits)
-            if not (usable_status(groups[g]) and usable_status(meta)):  # e.g. onnx_mismatch: never served
-                failed[g] = groups[g].get("status") if not usable_status(groups[g]) else meta.get("status")
-                continue
-            paths.append((g, p))
-            if usable is None or usable(meta):
-                ok.append((g, p))
-        if failed:
-            log.warning("%s: skipping %s", nt, ", ".join(f"{output_type}/{g} (status {s})" for g, s in failed.items()))
-        if not paths:
-            raise InputError(where, f"no {output_type} model of node_type {nt} can serve (statuses: "
-                                    f"{', '.join(f'{g} {s}' for g, s in failed.items())})")
-        if feature_group:
-            if feature_group in failed:
-                raise InputError(where, f"{output_type}/{feature_group} of node_type {nt} cannot serve "
-                                        f"(status {failed[feature_group]})")
-            if feature_group not in groups:
-                raise InputError(where, f"node_type {nt} has no {output_type}/{feature_group} model (groups: {', '.join(sorted(groups))})")
-            chosen = next(gp for gp in paths if gp[0] == feature_group)
-            if chosen not in ok:
-                log.warning("%s/%s of %s needs features that cannot be collected here: its zones will be absent "
-                            "unless a fallback model serves them", output_type, feature_group, nt)
-            return [chosen] + [gp for gp in ok if gp != chosen]
-        if not ok:
-            raise InputError(where, f"no {output_type} model of node_type {nt} can be computed from the features "
-                                    f"collected here (groups: {', '.join(order)}; perf counters needed?)")
-        return ok
-
-    def selection(nt, chain, exact, dist) -> Selection:
-        (g, path), rest = chain[0], chain[1:]
-        return Selection(path, nt, output_type, g, exact, dist, [p for _g, p in rest])
-
+    table = _Table(results, best, where, output_type, feature_group, usable, limits)
     if node_type is not None:
         if node_type not in best:
             raise InputError(where, f"no model for node_type {node_type} (known: {', '.join(sorted(best)) or 'none'})")
-        return selection(node_type, ranked(node_type), True, 0.0)
+        return table.selection(node_type, table.ranked(node_type), True, 0.0)
     if machine_spec is None:
-        from vmpower.collect.orchestrate import machine_spec as local_spec
+        from vmpower.collect.machine import machine_spec as local_spec
 
         machine_spec = local_spec()
+    return _nearest(table, machine_spec)
+
+
+def _nearest(table: _Table, machine_spec: dict) -> Selection:
+    """The node_type with the same processor, else the nearest spec (with a warning)."""
     scored, skipped = [], []
-    for nt in sorted(best):
+    for nt in sorted(table.best):
         try:
-            chain = ranked(nt)
+            chain = table.ranked(nt)
         except InputError as exc:  # e.g. only perf models: another node_type may still do
             skipped.append(exc)
             continue
-        spec = read_metadata(chain[0][1], limits).get("machine_spec") or {}
+        spec = read_metadata(chain[0][1], table.limits).get("machine_spec") or {}
         same = bool(spec) and _norm_processor(spec.get("processor")) == _norm_processor(machine_spec.get("processor"))
         scored.append((not same, spec_distance(machine_spec, spec), nt, chain))
     if not scored:
@@ -224,33 +239,35 @@ def select_model(results: str | Path, *, node_type: str | None = None, machine_s
     if miss:
         log.warning("no node_type has processor %r: using the nearest, %s (spec distance %.2f)",
                     machine_spec.get("processor"), nt, dist)
-    return selection(nt, chain, not miss, dist)
+    return table.selection(nt, chain, not miss, dist)
 
 
-def _read_spec(args, limits=None) -> dict | None:
-    if not args.machine_spec:
+def read_spec(path: Path | None, limits=None) -> dict | None:
+    """A machine_spec.json to match (None: read this machine)."""
+    if path is None:
         return None
     try:
-        data = Path(args.machine_spec).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
-        raise InputError(args.machine_spec, f"cannot read machine spec ({exc})") from None
-    spec = _json(Path(args.machine_spec), data, limits, "machine spec")
+        raise InputError(path, f"cannot read machine spec ({exc})") from None
+    spec = parse_json(Path(path), data, limits, "machine spec")
     if not isinstance(spec, dict):
-        raise InputError(args.machine_spec, "machine spec must be a JSON object")
+        raise InputError(path, "machine spec must be a JSON object")
     return spec
 
 
-def resolve_paths(args, usable=None, level: int = logging.INFO, limits=None) -> list[Path]:
-    """--model DIR|ZIP, or a results dir (best.json, or model archives) plus --node-type /
-    --machine-spec: the chosen model first, then its fallbacks (none for a single model).
+def resolve_paths(request: ModelRequest, usable=None, level: int = logging.INFO, limits=None) -> list[Path]:
+    """A model (directory or .zip), or a results dir (best.json, or model archives) plus a
+    node_type / machine spec: the chosen model first, then its fallbacks (none for a single model).
     ``level``: of the "selected" log line (predict names its models in its output instead)."""
-    path = Path(args.model)
+    path = Path(request.model)
     if is_model_collection(path):
-        sel = select_model(path, node_type=args.node_type, machine_spec=_read_spec(args, limits),
-                           output_type=args.output_type, feature_group=args.feature_group, usable=usable, limits=limits)
+        sel = select_model(path, node_type=request.node_type, machine_spec=read_spec(request.machine_spec, limits),
+                           output_type=request.output_type, feature_group=request.feature_group, usable=usable,
+                           limits=limits)
         log.log(level, "selected %s (node_type %s, %s/%s%s)", sel.path, sel.node_type, sel.output_type, sel.feature_group,
-                 "" if sel.exact else f", nearest spec, distance {sel.distance:.2f}")
+                "" if sel.exact else f", nearest spec, distance {sel.distance:.2f}")
         return [sel.path, *sel.fallbacks]
-    if args.node_type or args.machine_spec:
+    if request.node_type or request.machine_spec:
         raise InputError(path, "--node-type/--machine-spec select from a results directory with best.json")
     return [path]

@@ -1,4 +1,5 @@
-"""The ``vmpower`` command. Each stage module registers its own subcommand(s).
+"""The ``vmpower`` command (the CLI layer). Each stage module registers its own subcommand(s);
+the collectors' subcommands are in vmpower.cli.collect.
 
 Stage modules keep heavy imports (pandas, sklearn, onnx, ...) inside functions so that
 ``vmpower --help`` and every job start quickly.
@@ -35,7 +36,7 @@ COMMANDS = {
     "report": "vmpower.pipeline.report",
     "report-paths": "vmpower.pipeline.report",
     "synth": "vmpower.demo.synth",
-    "collect": "vmpower.collect",
+    "collect": "vmpower.cli.collect",
     "check-images": "vmpower.ops.runtime",
     "check-layout": "vmpower.pipeline.layout",
     "predict": "vmpower.serving.predict",
