@@ -23,6 +23,13 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+
+
+# Every job's software: the digest-pinned pipeline image (`--sdm apptainer`; none unless
+# containers.registry is set) or, for `--sdm conda`, the env each rule names (CONDA_ENV).
+container: PIPELINE_IMAGE
+
+
 include: "rules/merge.smk"
 include: "rules/isolate.smk"
 include: "rules/train.smk"
@@ -32,5 +39,5 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        all_outputs(),
+        get_final_outputs(),
     default_target: True

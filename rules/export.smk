@@ -5,17 +5,17 @@
 
 rule export_models:
     input:
-        models=train_outputs("model.joblib"),
-        metrics=train_outputs("metrics.json"),
-        holdouts=train_outputs("holdout.parquet"),
-        isolation=export_isolation,
-        spec=machine_specs,
+        models=per_trainer("model"),
+        metrics=per_trainer("metrics"),
+        holdouts=per_trainer("holdout"),
+        isolation=get_isolation,
+        spec=get_machine_specs,
         lock="envs/pipeline.lock",
         code=stage_sources("vmpower.pipeline.export"),
     output:
-        model_dirs=directory(exported_models("")),
-        archives=exported_models(".zip"),
-        prov=f"{RES}/provenance/export/{{node_type}}/{{output_type}}/{{feature_group}}.json",
+        model_dirs=directory(per_trainer("exported")),
+        archives=per_trainer("archive"),
+        prov=PATHS["prov_export"],
     params:
         vmpower=VMPOWER,
         trainers=TRAINERS,
@@ -24,14 +24,10 @@ rule export_models:
         "logs/export/{node_type}/{output_type}/{feature_group}.log",
     benchmark:
         "benchmarks/export/{node_type}/{output_type}/{feature_group}.tsv"
-    threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **attempt_scaled(mem_mb=2000, runtime=30),
     conda:
         CONDA_ENV
-    container:
-        PIPELINE_IMAGE
     shell:
         "{params.vmpower} --provenance {output.prov:q} export --trainer {params.trainers:q} --model {input.models:q}"
         " --metrics {input.metrics:q} --holdout {input.holdouts:q} --isolation {input.isolation:q}"
@@ -45,24 +41,18 @@ rule export_models:
 # node_type never reruns another's report), then the summary of all node_types.
 rule export_select:
     input:
-        models=node_type_models,
+        models=get_node_type_models,
         code=stage_sources("vmpower.pipeline.export"),
     output:
-        summary=f"{RES}/select/{{node_type}}.summary.csv",
-        best=f"{RES}/select/{{node_type}}.best.json",
-        prov=f"{RES}/provenance/select/{{node_type}}.json",
+        summary=PATHS["select_summary"],
+        best=PATHS["select_best"],
+        prov=PATHS["prov_select"],
     params:
         vmpower=VMPOWER,
     log:
         "logs/export/select/{node_type}.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         CONDA_ENV
-    container:
-        PIPELINE_IMAGE
     shell:
         "{params.vmpower} --provenance {output.prov:q} select --models {input.models:q}"
         " --summary {output.summary:q} --best {output.best:q} > {log:q} 2>&1"
@@ -70,25 +60,19 @@ rule export_select:
 
 rule export_summary:
     input:
-        summaries=expand(f"{RES}/select/{{node_type}}.summary.csv", node_type=NODE_TYPES),
-        best=expand(f"{RES}/select/{{node_type}}.best.json", node_type=NODE_TYPES),
+        summaries=expand(PATHS["select_summary"], node_type=NODE_TYPES),
+        best=expand(PATHS["select_best"], node_type=NODE_TYPES),
         code=stage_sources("vmpower.pipeline.export"),
     output:
-        summary=f"{RES}/summary.csv",
-        best=f"{RES}/best.json",
-        prov=f"{RES}/provenance/select.json",
+        summary=PATHS["summary"],
+        best=PATHS["best"],
+        prov=PATHS["prov_summary"],
     params:
         vmpower=VMPOWER,
     log:
         "logs/export/summary.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         CONDA_ENV
-    container:
-        PIPELINE_IMAGE
     shell:
         "{params.vmpower} --provenance {output.prov:q} summary --summaries {input.summaries:q} --best {input.best:q}"
         " --summary-output {output.summary:q} --best-output {output.best:q} > {log:q} 2>&1"
@@ -99,20 +83,14 @@ rule export_check_images:
         prov=provenance_records(),
         lock=runtime.lock_path(config),
     output:
-        f"{RES}/provenance/images-checked.txt",
+        PATHS["images_checked"],
     params:
         vmpower=VMPOWER,
         runtime=config["runtime"],
     log:
         "logs/export/check_images.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
     conda:
         CONDA_ENV
-    container:
-        PIPELINE_IMAGE
     shell:
         "{params.vmpower} check-images --runtime {params.runtime:q} --lock {input.lock:q} --ok-file {output:q}"
         " {input.prov:q} > {log:q} 2>&1"

@@ -8,51 +8,40 @@ rule check_layout:
     input:
         code=stage_sources("vmpower.pipeline.layout"),
     output:
-        f"{RES}/layout/{{node_type}}/{{run_id}}.ok",
+        PATHS["layout_check"],
     params:
         vmpower=VMPOWER,
         raw=RAW,
     log:
         "logs/layout/{node_type}/{run_id}.log",
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=5,
     conda:
         CONDA_ENV
-    container:
-        PIPELINE_IMAGE
     shell:
         "{params.vmpower} check-layout {params.raw:q} --only {wildcards.node_type:q}/{wildcards.run_id:q} > {log:q} 2>&1"
 
 
 rule merge_run:
     input:
-        vm=run_vm_file,
-        bm=run_bm_file,
+        unpack(get_run_files),
         code=stage_sources("vmpower.pipeline.merge"),
     output:
-        data=f"{RES}/merged/{{node_type}}/{{run_id}}.parquet",
-        quality=f"{RES}/merged/{{node_type}}/{{run_id}}.quality.json",
-        prov=f"{RES}/provenance/merge/{{node_type}}/{{run_id}}.json",
+        data=PATHS["merged"],
+        quality=PATHS["merged_quality"],
+        prov=PATHS["prov_merge"],
     params:
         vmpower=VMPOWER,
         settings=settings_json(
             "merge", "ingest", zones=config["zones"], required_zones=config["required_zones"],
-            limits=config.get("limits", {}), **features_settings(MERGE_FEATURE_KEYS)
+            limits=config.get("limits", {}), **read_by(MergeSettings, "features")
         ),
     log:
         "logs/merge/{node_type}/{run_id}.log",
     benchmark:
         "benchmarks/merge/{node_type}/{run_id}.tsv"
-    threads: 1
     resources:
-        mem_mb=2000,
-        runtime=15,
+        **attempt_scaled(mem_mb=2000, runtime=15),
     conda:
         CONDA_ENV
-    container:
-        PIPELINE_IMAGE
     shell:
         "{params.vmpower} --provenance {output.prov:q} merge --vm-features {input.vm:q} --bm-power {input.bm:q}"
         " --output {output.data:q} --quality {output.quality:q} --settings {params.settings:q} > {log:q} 2>&1"
@@ -60,27 +49,23 @@ rule merge_run:
 
 rule merge_dataset:
     input:
-        runs=merged_runs,
-        quality=merged_quality,
-        layout=layout_checks,
+        runs=get_merged_runs,
+        quality=get_run_quality,
+        layout=get_layout_checks,
         code=stage_sources("vmpower.pipeline.merge"),
     output:
-        data=f"{RES}/datasets/{{node_type}}.parquet",
-        summary=f"{RES}/datasets/{{node_type}}.summary.json",
-        prov=f"{RES}/provenance/dataset/{{node_type}}.json",
+        data=PATHS["dataset"],
+        summary=PATHS["dataset_summary"],
+        prov=PATHS["prov_dataset"],
     params:
         vmpower=VMPOWER,
-        settings=settings_json(zones=config["zones"], **features_settings(ENGINEERING_KEYS)),
+        settings=settings_json(zones=config["zones"], **ENGINEERING),
     log:
         "logs/dataset/{node_type}.log",
-    threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **attempt_scaled(mem_mb=2000, runtime=10),
     conda:
         CONDA_ENV
-    container:
-        PIPELINE_IMAGE
     shell:
         "{params.vmpower} --provenance {output.prov:q} merge-dataset --inputs {input.runs:q} --quality-inputs {input.quality:q}"
         " --output {output.data:q} --summary {output.summary:q} --settings {params.settings:q} > {log:q} 2>&1"

@@ -145,10 +145,6 @@ def _sacct(run_id: str) -> list[dict]:
     return rows
 
 
-def _profile_value(expr, attempt: int = 1):
-    return eval(str(expr), {"attempt": attempt}) if isinstance(expr, str) else expr
-
-
 def _timelimit(minutes: int) -> str:
     """sacct's Timelimit for a runtime in minutes: [D-]HH:MM:SS."""
     d, m = divmod(int(minutes), 24 * 60)
@@ -157,8 +153,9 @@ def _timelimit(minutes: int) -> str:
 
 # Which rules Snakemake runs on the submit host under the SLURM executor: the workflow loaded
 # through Snakemake's API and asked with its own Workflow.is_local, with the SLURM executor
-# plugin set as a run sets it (is_local is True for every rule under the local executor).
-_LOCAL_RULES_PROBE = """
+# plugin set as a run sets it (is_local is True for every rule under the local executor); and
+# the mem_mb and runtime each other rule declares, evaluated for attempts 1 to 3.
+_WORKFLOW_PROBE = """
 import json, sys
 from pathlib import Path
 from snakemake.api import SnakemakeApi
@@ -169,16 +166,20 @@ with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
                       snakefile=Path("Snakefile"), workdir=Path.cwd())._workflow
     wf._executor_plugin = ExecutorPluginRegistry().get_plugin("slurm")
     assert not wf.local_exec
-    print(json.dumps({r.name: wf.is_local(r) for r in wf.rules}))
+    def declared(rule, name, attempt):
+        res = rule.resources.get(name)
+        return None if res is None else res.evaluate(None, attempt=attempt).value
+    print(json.dumps({r.name: {"local": wf.is_local(r), "resources": None if wf.is_local(r) else {
+        name: [declared(r, name, a) for a in (1, 2, 3)] for name in ("mem_mb", "runtime")}} for r in wf.rules}))
 """
 
 
-def _workflow_local_rules(tree: Path) -> tuple[set[str], set[str]]:
-    """(local rules, all rules) of the workflow in `tree`, as the SLURM executor sees them."""
-    r = _run([sys.executable, "-c", _LOCAL_RULES_PROBE, OVERLAY], cwd=tree, env=_env(tree), timeout=120)
+def _workflow_rules(tree: Path) -> dict[str, dict]:
+    """{rule: {"local": runs on the submit host under SLURM, "resources": {"mem_mb"/"runtime":
+    [attempt 1, 2, 3]} (None for a local rule)}} of the workflow in `tree`."""
+    r = _run([sys.executable, "-c", _WORKFLOW_PROBE, OVERLAY], cwd=tree, env=_env(tree), timeout=120)
     assert r.returncode == 0, f"loading the workflow failed:\n{r.stdout}\n{r.stderr}"
-    is_local = json.loads(r.stdout.strip().splitlines()[-1])
-    return {name for name, local in is_local.items() if local}, set(is_local)
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def _result_files(root: Path) -> list[str]:
@@ -236,7 +237,7 @@ DOCKER_TEST = "test_slurm_jobs_run_in_pinned_docker_image"
 def builds(request, cluster, tmp_path_factory):
     """The local build and the SLURM build(s) of the same tree, run at the same time: the SLURM
     builds spend much of their time between status checks. {name: (tree, log, rc, seconds)};
-    also "plan" {name: Snakemake's dry-run job stats} and "local_rules"/"rules" of the workflow."""
+    also "plan" {name: Snakemake's dry-run job stats} and "workflow" (_workflow_rules)."""
     base = tmp_path_factory.mktemp("slurm-build")
     local_tree = base / "local"
     _copy_tree(local_tree)
@@ -264,7 +265,7 @@ def builds(request, cluster, tmp_path_factory):
                      env=_env(trees[name]), timeout=330)
             assert r.returncode == 0, f"dry run of the {name} build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
             plan[name] = _job_stats(r.stdout + r.stderr)
-    local_rules, rules = _workflow_local_rules(trees["slurm"])
+    workflow = _workflow_rules(trees["slurm"])
     t0 = time.monotonic()
     procs = {name: _snakemake(tree, args[name], base / f"{name}.log") for name, tree in trees.items()}
     result = {}
@@ -272,7 +273,7 @@ def builds(request, cluster, tmp_path_factory):
         rc = proc.wait()
         result[name] = (trees[name], base / f"{name}.log", rc, time.monotonic() - t0)
     print("\n" + ", ".join(f"{n} build {r[3]:.0f}s (exit {r[2]})" for n, r in result.items()))
-    result.update(docker_problem=docker_problem, plan=plan, local_rules=local_rules, rules=rules)
+    result.update(docker_problem=docker_problem, plan=plan, workflow=workflow)
     return result
 
 
@@ -285,20 +286,19 @@ def _build(builds, name: str) -> tuple[Path, Path]:
 def _check_went_through_sbatch(builds, name: str) -> dict[str, int]:
     """Every non-local job was one COMPLETED sbatch job with the profile's request; {rule: jobs}."""
     tree, log = _build(builds, name)
-    profile = yaml.safe_load((tree / "profiles/slurm/config.yaml").read_text())
+    workflow = builds["workflow"]
     text = log.read_text()
     m = re.search(r"SLURM run ID: (\S+)", text)
     assert m, f"the SLURM executor did not run; log:\n{_tail(log)}"
     run_id = m.group(1)
     # The workflow's own local rules, not the ones this run happened to log as local.
-    assert builds["local_rules"] == LOCAL_RULES, (
-        f"local rules under the SLURM executor are {sorted(builds['local_rules'])}, expected {sorted(LOCAL_RULES)}"
-    )
+    local = {rule for rule, info in workflow.items() if info["local"]}
+    assert local == LOCAL_RULES, f"local rules under the SLURM executor are {sorted(local)}, expected {sorted(LOCAL_RULES)}"
     stats = _job_stats(text)
     plan = builds["plan"][name]
     assert stats == plan, f"the run's jobs {stats} are not Snakemake's plan {plan}"
     # check_layout has a job only for a run with a layout problem (the demo has none).
-    expected = builds["rules"] - {"check_layout"}
+    expected = set(workflow) - {"check_layout"}
     assert set(stats) == expected, f"rules without a job in the demo: {expected - set(stats)}"
     local_rules = set(re.findall(r"^localrule (\w+):$", text, re.M))
     assert local_rules == LOCAL_RULES - {"check_layout"}, f"jobs run locally: {sorted(local_rules)}, expected {sorted(LOCAL_RULES)}"
@@ -308,10 +308,6 @@ def _check_went_through_sbatch(builds, name: str) -> dict[str, int]:
     assert remote_jobs, f"no job was submitted to SLURM: {stats}"
     assert len(submitted) == sum(remote_jobs.values()) == sum(plan.values()) - sum(plan.get(r, 0) for r in LOCAL_RULES), (
         f"{len(submitted)} sbatch submissions for {sum(remote_jobs.values())} non-local jobs {remote_jobs}; plan {plan}"
-    )
-    # Every rule that runs on SLURM has its attempt-scaled resources in the profile.
-    assert set(remote_jobs) <= set(profile["set-resources"]), (
-        f"rules without set-resources in profiles/slurm: {set(remote_jobs) - set(profile['set-resources'])}"
     )
 
     rows = _sacct(run_id)
@@ -326,10 +322,10 @@ def _check_went_through_sbatch(builds, name: str) -> dict[str, int]:
         assert cm, f"unexpected job comment {row['Comment']!r}"
         rule = cm.group(1)
         per_rule[rule] = per_rule.get(rule, 0) + 1
-        # The sbatch request is the profile's (attempt 1) and the site settings from the environment.
-        res = profile["set-resources"][rule]
-        assert row["ReqMem"] == f"{_profile_value(res['mem_mb'])}M", row
-        assert row["Timelimit"] == _timelimit(_profile_value(res["runtime"])), row
+        # The sbatch request is the rule's (attempt 1) and the site settings from the environment.
+        res = workflow[rule]["resources"]
+        assert row["ReqMem"] == f"{res['mem_mb'][0]}M", row
+        assert row["Timelimit"] == _timelimit(res["runtime"][0]), row
         assert (row["Account"], row["Partition"], row["ReqCPUS"]) == (ACCOUNT, PARTITION, "1"), row
         # The plugin keeps each job's SLURM log (slurm-keep-successful-logs).
         logs = list((tree / ".snakemake/slurm_logs" / f"rule_{rule}").rglob(f"{row['JobIDRaw']}.log"))
@@ -392,21 +388,21 @@ def test_slurm_jobs_run_in_pinned_docker_image(builds):
 
 
 def test_retry_doubles_memory_and_time(cluster, tmp_path):
-    """A job that fails on its first attempt is resubmitted with the profile's attempt-2 request
-    (twice the memory and wall time): a one-rule workflow with a copy of profiles/slurm, whose
-    rule is named train_model so that the profile's set-resources apply, and which fails unless
-    it was given at least twice its attempt-1 memory and runtime."""
+    """A job that fails on its first attempt is resubmitted with its attempt-2 request (twice the
+    memory and wall time): a one-rule workflow with a copy of profiles/slurm (its retries), whose
+    rule declares train_model's resources as the workflow's rules do (scaled by attempt), and
+    which fails unless it was given at least twice its attempt-1 memory and runtime."""
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     assert profile["retries"] >= 1
-    res = profile["set-resources"]["train_model"]
-    mem = [_profile_value(res["mem_mb"], a) for a in (1, 2)]
-    minutes = [_profile_value(res["runtime"], a) for a in (1, 2)]
-    assert mem[1] == 2 * mem[0] and minutes[1] == 2 * minutes[0], (mem, minutes)
+    res = _workflow_rules(REPO)["train_model"]["resources"]
+    mem, minutes = res["mem_mb"][:2], res["runtime"][:2]
     shutil.copytree(REPO / "profiles/slurm", tmp_path / "profiles/slurm")
     (tmp_path / "Snakefile").write_text(f"""
 rule train_model:
     output: "trained.txt"
-    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: {mem[0]} * attempt,
+        runtime=lambda wildcards, attempt: {minutes[0]} * attempt,
     shell:
         "echo mem_mb={{resources.mem_mb}} runtime={{resources.runtime}}; "
         "test {{resources.mem_mb}} -ge {mem[1]} && test {{resources.runtime}} -ge {minutes[1]} "
@@ -431,16 +427,21 @@ rule train_model:
     print(f"\nretry: {got} in {took:.0f}s")
 
 
-def test_profile_rules_exist_in_workflow():
-    """A renamed rule would silently lose its SLURM resources: every rule the profile names exists."""
-    slurm_tree = REPO
-    r = _run([str(SNAKEMAKE), "--list-rules", "--workflow-profile", "none"], cwd=slurm_tree, env=_env(slurm_tree),
-             timeout=120)
-    assert r.returncode == 0, r.stderr
-    rules = set(r.stdout.split())
-    profile = yaml.safe_load((slurm_tree / "profiles/slurm/config.yaml").read_text())
-    named = set(profile.get("set-resources", {})) | set(profile.get("set-threads", {}))
-    assert named <= rules, f"profiles/slurm names rules the workflow does not have: {named - rules}"
+def test_rules_declare_their_resources():
+    """Resources are set once, in the rules: every rule that runs on SLURM declares mem_mb and
+    runtime, attempt x its first request (a retry gets twice, then three times as much), and
+    the profile sets none itself; a rule a site's set-resources names exists."""
+    workflow = _workflow_rules(REPO)
+    remote = {rule: info["resources"] for rule, info in workflow.items() if not info["local"]}
+    assert remote and {"merge_run", "train_model", "export_models"} <= set(remote), sorted(remote)
+    for rule, res in remote.items():
+        for name, (first, second, third) in res.items():
+            assert isinstance(first, int) and first > 0, f"{rule} declares no {name}: {res}"
+            assert (second, third) == (2 * first, 3 * first), f"{rule} {name} does not scale with attempt: {res}"
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert not {"mem_mb", "runtime"} & set(profile.get("default-resources", {})), profile["default-resources"]
+    named = set(profile.get("set-resources") or {}) | set(profile.get("set-threads") or {})
+    assert named <= set(workflow), f"profiles/slurm names rules the workflow does not have: {named - set(workflow)}"
 
 
 def test_plain_snakemake_uses_default_profile(tmp_path):
