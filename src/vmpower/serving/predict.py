@@ -531,6 +531,9 @@ def cmd_serve(args) -> int:
             if need:
                 log.warning("%s needs perf counters (%s) and --no-perf is set: it will serve no zone", m.name,
                             ", ".join(need[:3]))
+    from vmpower.serving import grpc_bridge
+
+    grpc_bridge.start_from_args(args, models, limits)  # --grpc: the same chain over TLS + token; ends with the process
     stoppers: list = []
     with stop_on_signals(lambda: [s() for s in stoppers]):
         run_exporter(models, settings, port=args.port, address=args.address, interval=args.interval,
@@ -608,4 +611,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--powercap-dir", metavar="DIR",
                    help="keep a RAPL-shaped powercap tree of the modelled energy in DIR (use it as "
                         "/sys/class/powercap for RAPL readers; see docs/deploy.md)")
+    from vmpower.serving.grpc_bridge import add_arguments as grpc_arguments
+
+    grpc_arguments(s)
     s.set_defaults(func=cmd_serve)
