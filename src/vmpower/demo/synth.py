@@ -403,6 +403,9 @@ def simulate_run(cfg: dict, nt_name: str, nt: dict, spec: dict, run_index: int) 
     workload = np.array(names, dtype=object)[lat["widx"][end_idx]]
 
     cols = _guest_columns(cfg, nt, rng, wm, lat, end_idx, dt, vcpus, hw, spec, phases, b_true, lead)
+    from vmpower.demo import pinning_variant  # pinned/unpinned guest view (docs/pinning.md); "none": unchanged
+
+    cols = pinning_variant.apply(cfg, nt, cols, dt, _rng(seed, nt_name, spec["id"], "pinning"))
 
     # -- a few lost guest samples (never the first/last few)
     drop = rng.choice(np.arange(5, max(n - 5, 6)), size=min(int(cfg["vm_missing_samples"]), max(n - 10, 0)),
