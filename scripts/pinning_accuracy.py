@@ -1,11 +1,14 @@
-import sys, json, yaml, numpy as np, pandas as pd, tempfile, logging
+"""Held-out accuracy of the demo's pinned vs unpinned variants (docs/pinning.md):
+PYTHONPATH=src python scripts/pinning_accuracy.py"""
+import sys, yaml, pandas as pd, tempfile, logging
 from pathlib import Path
 from unittest import mock
 logging.disable(logging.INFO)
-sys.path.insert(0, "/work/wt/h8/tests")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 import test_pinning as tp
 from bench import predict_artifacts
-runs = yaml.safe_load(open("/work/wt/h8/config.yaml"))["synth"]["runs"]
+runs = yaml.safe_load(open(ROOT / "config.yaml"))["synth"]["runs"]
 class Keep(dict):
     def __setitem__(self, k, v):
         if k != "alignment": super().__setitem__(k, v)
@@ -19,7 +22,7 @@ yaml.SafeDumper.add_representer(Keep, yaml.representer.SafeRepresenter.represent
 res = {}
 for v in ("pinned", "unpinned"):
     with mock.patch.object(predict_artifacts, "RUNS", runs):
-        art = tp.build_variant(Path(tempfile.mkdtemp(prefix=f"h8m-{v}-")), v)
+        art = tp.build_variant(Path(tempfile.mkdtemp(prefix=f"pinning-{v}-")), v)
     for (ot, fg, tr), t in art["trained"].items():
         h = pd.read_parquet(t / "holdout.parquet")
         p = h["power_package"]; e = (h["pred_package"] - p).abs()
