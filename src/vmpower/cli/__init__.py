@@ -48,6 +48,7 @@ COMMANDS = {
     "report-quality": "vmpower.pipeline.report",
     "report-models": "vmpower.pipeline.report",
     "report-provenance": "vmpower.pipeline.report",
+    "pinning": "vmpower.pipeline.pinning",
 }
 
 

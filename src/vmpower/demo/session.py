@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from vmpower.demo import pinning_variant
 from vmpower.demo.guest import guest_columns
 from vmpower.demo.simulate import HOST_ZONE_ORDER, US, latent, phases, rng_for, true_power, window_means
 
@@ -131,6 +132,8 @@ def simulate_run(cfg: dict, nt_name: str, nt: dict, spec: dict, run_index: int) 
     end_idx = np.clip(np.searchsorted(edges, b_true, side="right") - 2, 0, grid.size - 1)
     workload = np.array(list(cfg["workloads"]), dtype=object)[lat["widx"][end_idx]]
     cols = guest_columns(cfg, nt, rng, wm, lat, end_idx, dt, spec, run_phases, b_true, lead)
+    # Pinned/unpinned guest view (docs/pinning.md); variant "none" leaves the columns unchanged.
+    cols = pinning_variant.apply(cfg, nt, cols, dt, rng_for(int(cfg["seed"]), nt_name, spec["id"], "pinning"))
     keep_v = _lost_samples(cfg, rng, ends_rel_us.size)
 
     vm_start_abs_us = sched["host_start_us"] + sched["lead_us"] + sched["skew_us"]

@@ -128,6 +128,9 @@ def cmd_serve(args) -> int:
                            kepler_url=args.kepler_url, threshold=args.confidence_threshold,
                            low_confidence=args.low_confidence, idle_source=args.model,
                            powercap_dir=args.powercap_dir)
+    from vmpower.serving import grpc_bridge
+
+    grpc_bridge.start_from_args(args, models, limits)  # --grpc: the same chain over TLS + token; ends with the process
     stoppers: list = []
     with stop_on_signals(lambda: [s() for s in stoppers]):
         run_exporter(models, settings, options, stop=stoppers, limits=limits)
@@ -199,4 +202,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--powercap-dir", metavar="DIR",
                    help="keep a RAPL-shaped powercap tree of the modelled energy in DIR (use it as "
                         "/sys/class/powercap for RAPL readers; see docs/deploy.md)")
+    from vmpower.serving.grpc_bridge import add_arguments as grpc_arguments
+
+    grpc_arguments(s)
     s.set_defaults(func=cmd_serve)

@@ -1,0 +1,1 @@
+"""Generated gRPC code of power_estimation.proto (see the .proto for how to regenerate)."""
