@@ -117,8 +117,10 @@ def test_live_output_is_promtool_clean_and_has_keplers_node_family(art, tmp_path
     assert _promtool(bad).returncode != 0  # the lint is live: a gauge named like a counter fails
     with Serve(art["results"], art["config"], "--node-type", NODE_TYPE, "--interval", "0.2", "--node-name", "vm-p",
                "--powercap-dir", tmp_path / "powercap") as srv:
+        # The pinning state is published once 10 samples show whether the host steals time.
         text = srv.wait_for(lambda m: len(series(m, "kepler_node_cpu_idle_watts")) == 4
-                            and all(v > 0 for v in series(m, "kepler_node_cpu_joules_total").values()))
+                            and all(v > 0 for v in series(m, "kepler_node_cpu_joules_total").values())
+                            and "kepler_vm_cpu_pinning_enabled" in m)
     res = _promtool(text)
     assert res.returncode == 0 and res.stdout.strip() == res.stderr.strip() == "", res.stdout + res.stderr
     m = parse(text)
@@ -139,6 +141,10 @@ def test_live_output_is_promtool_clean_and_has_keplers_node_family(art, tmp_path
                 "kepler_vm_feature_collection_errors_total", "kepler_vm_feature_collection_duration_seconds",
                 "kepler_vm_inference_errors_total", "kepler_vm_low_confidence_total", "kepler_vm_zone_unavailable_total"):
         assert fam in types, fam
+    # EP-003's pinning metrics: unlabelled gauges, the state 0/1, the others in [0, 1]
+    assert m["kepler_vm_cpu_pinning_enabled"][0].value in (0.0, 1.0)
+    for fam in ("kepler_vm_cpu_isolation_ratio", "kepler_vm_pinning_recommendation_score"):
+        assert types[fam] == "gauge" and 0 <= m[fam][0].value <= 1 and not m[fam][0].labels
 
 
 def test_live_joules_equal_the_integral_of_the_published_watts(art):

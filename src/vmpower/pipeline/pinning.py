@@ -46,25 +46,31 @@ def _median_abs_diff(x):
     return float(np.median(d)) if d.size else float("nan")
 
 
-def run_metrics(df) -> dict:
-    """Scheduler metrics of one run's merged samples (time order)."""
+def window_metrics(steal, util, cs_rate) -> dict:
+    """Scheduler metrics of consecutive samples (arrays of cpu_steal %, cpu_utilization %, the
+    context-switch rate or None): shared by the analysis of collected runs and serve's live view."""
     import numpy as np
 
-    steal = df["cpu_steal"].to_numpy("float64") if "cpu_steal" in df else np.full(len(df), np.nan)
-    util = df["cpu_utilization"].to_numpy("float64")
+    steal = np.asarray(steal, "float64") if steal is not None else np.full(len(util), np.nan)
+    util = np.asarray(util, "float64")
     du = _median_abs_diff(util)
-    out = {"samples": int(len(df)), "steal_mean": float(np.nanmean(steal)) if np.isfinite(steal).any() else None,
+    out = {"samples": int(len(util)), "steal_mean": float(np.nanmean(steal)) if np.isfinite(steal).any() else None,
            "steal_std": float(np.nanstd(steal)) if np.isfinite(steal).any() else None,
            "utilization_variance": (_median_abs_diff(steal) / du) if du > 0 else 0.0,
            "context_switch_variability": None}
-    for col in CS_COLUMNS:
-        if col in df:
-            cs = df[col].to_numpy("float64")
-            cs = cs[np.isfinite(cs) & (cs > 0)]
-            if cs.size > 2:
-                out["context_switch_variability"] = _median_abs_diff(np.log(cs))
-                break
+    if cs_rate is not None:
+        cs = np.asarray(cs_rate, "float64")
+        cs = cs[np.isfinite(cs) & (cs > 0)]
+        if cs.size > 2:
+            out["context_switch_variability"] = _median_abs_diff(np.log(cs))
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in out.items()}
+
+
+def run_metrics(df) -> dict:
+    """Scheduler metrics of one run's merged samples (time order)."""
+    cs = next((df[c].to_numpy("float64") for c in CS_COLUMNS if c in df), None)
+    return window_metrics(df["cpu_steal"].to_numpy("float64") if "cpu_steal" in df else None,
+                          df["cpu_utilization"].to_numpy("float64"), cs)
 
 
 def residual_spread(holdout, zone: str) -> dict[str, float]:

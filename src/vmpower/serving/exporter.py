@@ -14,6 +14,7 @@ from vmpower.serving.artifact import Model
 from vmpower.serving.energy import NodeEnergy
 from vmpower.serving.fallback import DEFAULT_CONFIDENCE_THRESHOLD
 from vmpower.serving.live import LiveFeatures, for_features, rate_features
+from vmpower.serving.pinning_live import PinningMonitor
 
 log = logging.getLogger("vmpower.serving.predict")
 
@@ -32,7 +33,7 @@ class Exporter:
 
     def __init__(self, models, settings, node_name: str, *, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
                  low_confidence: str = "report", registry=None, idle: dict[str, float] | None = None,
-                 max_fields: int | None = None):
+                 max_fields: int | None = None, pinning: dict | None = None):
         from prometheus_client import CollectorRegistry
 
         models = [models] if isinstance(models, Model) else list(models)
@@ -54,6 +55,8 @@ class Exporter:
         self.base = [self.energy.idle if m.metadata.get("output_type") == "DynPower" else {} for m in models]
         self._define_metrics(self.registry)
         self._first_series()
+        # kepler_vm_cpu_pinning_* (EP-003 FR5); pinning: the cpu_pinning settings (enabled, isolated_cpus)
+        self.pinning = PinningMonitor(self.registry, **(pinning or {}))
         self._prev: dict | None = None
 
     def _features(self, settings) -> None:
@@ -181,6 +184,7 @@ class Exporter:
             self.fail()
             return {}
         prev, self._prev = self._prev, record
+        self.pinning.update(record)
         if prev is None:
             self.energy.tick({}, None, _usage_ratio(record))
             return {}  # rates need two samples
