@@ -34,6 +34,7 @@ include: "rules/merge.smk"
 include: "rules/isolate.smk"
 include: "rules/train.smk"
 include: "rules/export.smk"
+include: "rules/pinning.smk"
 include: "rules/report.smk"
 
 

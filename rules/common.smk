@@ -109,6 +109,9 @@ PATHS = {
     "summary": f"{RES}/summary.csv",
     "best": f"{RES}/best.json",
     "images_checked": f"{_PROV}/images-checked.txt",
+    # stage 4b, rules/pinning.smk: the CPU pinning recommendation (EP-003 FR5)
+    "pinning_json": f"{RES}/pinning/{{node_type}}.json",
+    "pinning_md": f"{RES}/pinning/{{node_type}}.md",
     # stage 5, rules/report.smk ({name}: a figure or table of `snakemake --report`)
     "report_md": f"{RES}/report.md",
     "report_file": f"{RES}/report/{{node_type}}/{{name}}",
@@ -121,6 +124,7 @@ PATHS = {
     "prov_export": f"{_PROV}/export/{{node_type}}/{{output_type}}/{{feature_group}}.json",
     "prov_select": f"{_PROV}/select/{{node_type}}.json",
     "prov_summary": f"{_PROV}/select.json",
+    "prov_pinning": f"{_PROV}/pinning/{{node_type}}.json",
     "prov_report": f"{_PROV}/report/{{node_type}}/{{name}}.json",
 }
 
@@ -275,6 +279,7 @@ def provenance_records(node_types=None):
                   trainer=TRAINERS)
     out += expand(PATHS["prov_export"], node_type=nts, output_type=OUTPUT_TYPES, feature_group=FEATURE_GROUPS)
     out += expand(PATHS["prov_select"], node_type=nts)
+    out += expand(PATHS["prov_pinning"], node_type=nts)
     return out + [PATHS["prov_summary"]]
 
 
@@ -282,6 +287,12 @@ def get_layout_problems(wildcards):
     """report_markdown: the layout problems, one line each (a function: a string param would be
     read as a wildcard pattern, '{' in a file name)."""
     return [str(err) for err in LAYOUT.problems.values()]
+
+
+def get_pinning_holdouts(wildcards):
+    """pinning_analyse: the node_type's AbsPower held-out predictions (the best one is read)."""
+    return expand(PATHS["holdout"], node_type=wildcards.node_type, output_type="AbsPower",
+                  feature_group=FEATURE_GROUPS, trainer=TRAINERS)
 
 
 def get_report_holdouts(wildcards):
@@ -334,4 +345,5 @@ def get_final_outputs():
         + _exported("archive", ALL_NODE_TYPES)
         + (aggregates if NODE_TYPES else [])
         + expand(PATHS["report_file"], node_type=NODE_TYPES, name=REPORT_FILES)
+        + expand(PATHS["pinning_json"], node_type=NODE_TYPES)
     )
