@@ -236,3 +236,14 @@ def test_end_to_end_live_serve_against_a_replaying_host_then_a_drifted_one(art, 
     code = cli.main(["validate", "--exporter", str(tmp_path / "exp1.5.csv"), "--host", str(tmp_path / "host1.5.csv"),
                      "--config", str(cfg)])
     assert code == 3
+
+
+def test_an_unreachable_exporter_is_one_line_and_exit_2(tmp_path, capsys, caplog):
+    from exporter_helpers import free_port
+
+    host = host_csv(tmp_path / "host.csv")
+    code, _, err = run(capsys, "--exporter", f"http://127.0.0.1:{free_port()}/metrics", "--host", host,
+                       "--duration", "1", "--interval", "0.5")
+    assert code == 2 and "0 usable reading(s)" in err.strip().splitlines()[-1]
+    warned = [r for r in caplog.records if "scrape failed" in r.getMessage() and r.levelname == "WARNING"]
+    assert len(warned) == 1  # 3 failed scrapes: repeats are logged at debug level

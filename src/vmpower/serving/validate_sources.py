@@ -175,8 +175,9 @@ class Scraper:
             else:
                 k, vals = host_scrape(text, ctype, self.vm_filter)
         except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError, UnicodeError) as exc:
-            failed[0] += 1
-            log.warning("%s scrape failed: %s", side, " ".join(str(exc).split())[:160])
+            failed[0] += 1  # the first failure of a side is a warning, repeats are debug
+            log.log(logging.WARNING if failed[0] == 1 else logging.DEBUG, "%s scrape failed: %s", side,
+                    " ".join(str(exc).split())[:160])
             return
         if not vals:
             failed[0] += 1
