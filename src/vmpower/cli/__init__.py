@@ -41,6 +41,7 @@ COMMANDS = {
     "check-layout": "vmpower.pipeline.layout",
     "predict": "vmpower.serving.predict",
     "serve": "vmpower.serving.predict",
+    "validate": "vmpower.serving.validate",
     "gate": "vmpower.ops.gate",
     "accept-models": "vmpower.ops.gate",
     "changelog": "vmpower.ops.gate",
