@@ -9,11 +9,11 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from vmpower.ops import buildstate, runtime, sources  # noqa: E402
 from vmpower import configcheck  # noqa: E402
-from vmpower.pipeline import layout  # noqa: E402
+from vmpower.pipeline import layout, paramcheck  # noqa: E402
 
 # Strict config (issue 19): unknown keys, bad values and trainer parameters are one line naming
 # the key and the file that set it, before any job; Snakemake's validate() then fills in defaults.
-if _problem := configcheck.workflow_problem(workflow, config):
+if _problem := configcheck.workflow_problem(workflow, config, checks=[paramcheck.config_problem]):
     raise WorkflowError(_problem)
 validate(config, "../schemas/config.schema.yaml")
 

@@ -46,7 +46,7 @@ rule export_models:
 rule export_select:
     input:
         models=node_type_models,
-        code=stage_sources("vmpower.pipeline.export"),
+        code=stage_sources("vmpower.pipeline.selection"),
     output:
         summary=f"{RES}/select/{{node_type}}.summary.csv",
         best=f"{RES}/select/{{node_type}}.best.json",
@@ -72,7 +72,7 @@ rule export_summary:
     input:
         summaries=expand(f"{RES}/select/{{node_type}}.summary.csv", node_type=NODE_TYPES),
         best=expand(f"{RES}/select/{{node_type}}.best.json", node_type=NODE_TYPES),
-        code=stage_sources("vmpower.pipeline.export"),
+        code=stage_sources("vmpower.pipeline.selection"),
     output:
         summary=f"{RES}/summary.csv",
         best=f"{RES}/best.json",

@@ -38,7 +38,7 @@ rule train_cross_node_type:
         models=cross_inputs("model.joblib"),
         metrics=cross_inputs("metrics.json"),
         datasets=cross_inputs("dataset"),
-        code=stage_sources("vmpower.pipeline.train"),
+        code=stage_sources("vmpower.pipeline.cross_node_type"),
     output:
         csv=f"{RES}/cross_node_type.csv",
         prov=f"{RES}/provenance/cross_node_type.json",
