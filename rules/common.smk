@@ -12,14 +12,14 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from vmpower import configcheck, names  # noqa: E402
 from vmpower.ops import buildstate, runtime, sources  # noqa: E402
-from vmpower.pipeline import layout  # noqa: E402
+from vmpower.pipeline import layout, paramcheck  # noqa: E402
 from vmpower.pipeline.merge import MergeSettings  # noqa: E402
 
 # ---------------------------------------------------------------- validation
 
 # Strict config (issue 19): unknown keys, bad values and trainer parameters are one line naming
 # the key and the file that set it, before any job; Snakemake's validate() then fills in defaults.
-if _problem := configcheck.workflow_problem(workflow, config):
+if _problem := configcheck.workflow_problem(workflow, config, checks=[paramcheck.config_problem]):
     raise WorkflowError(_problem)
 validate(config, "../schemas/config.schema.yaml")
 

@@ -42,7 +42,7 @@ rule export_models:
 rule export_select:
     input:
         models=get_node_type_models,
-        code=stage_sources("vmpower.pipeline.export"),
+        code=stage_sources("vmpower.pipeline.selection"),
     output:
         summary=PATHS["select_summary"],
         best=PATHS["select_best"],
@@ -62,7 +62,7 @@ rule export_summary:
     input:
         summaries=expand(PATHS["select_summary"], node_type=NODE_TYPES),
         best=expand(PATHS["select_best"], node_type=NODE_TYPES),
-        code=stage_sources("vmpower.pipeline.export"),
+        code=stage_sources("vmpower.pipeline.selection"),
     output:
         summary=PATHS["summary"],
         best=PATHS["best"],

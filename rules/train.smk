@@ -34,7 +34,7 @@ rule train_cross_node_type:
         models=cross_node_type_files("model"),
         metrics=cross_node_type_files("metrics"),
         datasets=cross_node_type_files("isolated"),
-        code=stage_sources("vmpower.pipeline.train"),
+        code=stage_sources("vmpower.pipeline.cross_node_type"),
     output:
         csv=PATHS["cross_node_type"],
         prov=PATHS["prov_cross"],

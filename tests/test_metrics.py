@@ -139,7 +139,7 @@ def test_a_model_failing_its_onnx_check_is_recorded_never_selected_and_takes_no_
     assert json.loads(best.read_text())["nt"]["AbsPower"]["Full"]["trainer"] == "LinearRegression"
     assert gate.best_models(summary)["nt"]["AbsPower"]["Full"]["trainer"] == "LinearRegression"
     # ... and the report lists it with its reason.
-    from vmpower.pipeline import report
+    from vmpower.pipeline.report import markdown as report
 
     text = report.render(rows, json.loads(best.read_text()), {}, {})
     assert "## Models not exported as ONNX" in text and "| GradientBoostingRegressor | onnx_mismatch | ONNX " in text

@@ -15,7 +15,7 @@ import yaml
 
 from vmpower import cli
 
-from vmpower.pipeline import train
+from vmpower.pipeline import train, trainers
 from vmpower.io import write_parquet
 from vmpower.pipeline.onnx_convert import onnx_predict, to_onnx
 
@@ -62,7 +62,7 @@ def test_knn_ties_break_alike_in_the_native_model_and_in_onnx():
             if name == "scikit-learn":
                 pipe = Pipeline([("scaler", StandardScaler()), ("model", KNeighborsRegressor(n_neighbors=k))])
             else:
-                pipe = train.make_pipeline("KNeighborsRegressor", {"n_neighbors": k}, 0)
+                pipe = trainers.make_pipeline("KNeighborsRegressor", {"n_neighbors": k}, 0)
             pipe.fit(X, y)
             onx = to_onnx(pipe, len(feats), "KNeighborsRegressor", "g", 17).SerializeToString()
             diff = np.abs(onnx_predict(onx, Q) - pipe.predict(Q)).max()
@@ -72,7 +72,7 @@ def test_knn_ties_break_alike_in_the_native_model_and_in_onnx():
     assert worst["vmpower"] < 1e-9
     # The rule itself: identical training vectors are one point with their mean power; the k
     # nearest points by sqrt(sum of squares), ties to the lower (sorted) point.
-    pipe = train.make_pipeline("KNeighborsRegressor", {"n_neighbors": 10}, 0).fit(X, y)
+    pipe = trainers.make_pipeline("KNeighborsRegressor", {"n_neighbors": 10}, 0).fit(X, y)
     scaler, knn = pipe.named_steps["scaler"], pipe.named_steps["model"]
     Z = scaler.transform(X)
     points, inverse = np.unique(Z, axis=0, return_inverse=True)

@@ -72,7 +72,7 @@ def test_feature_selection_drops_constant_and_sparse():
 def test_train_is_honest_and_accurate(trainer):
     df = dataset(runs=4)
     settings = {**CONFIG["train"], "patterns": ["cpu_utilization", "memory_usage_percent"]}
-    models, report, holdout = train.train(df, trainer, settings["patterns"], settings, "x")
+    models, report, holdout = train.train(df, trainer, settings["patterns"], train.TrainSettings.build(settings), {}, "x")
     assert report["status"] == "trained" and set(models) == {"package", "core"}
     # Held-out error near the noise (0.5 W / 0.3 W std), well below the spread of the data.
     limit = {"LinearRegression": 1.0, "SGDRegressor": 1.5}.get(trainer, 3.5)
@@ -358,7 +358,8 @@ def test_hyperparameter_search_never_sees_held_out_runs(monkeypatch):
         return original(trainer, candidates, seed, X, y, groups, n_folds, max_rows)
 
     monkeypatch.setattr(train, "search_params", spy)
-    _, report, _ = train.train(df, "KNeighborsRegressor", ["cpu_utilization", "memory_usage_percent"], settings, "x")
+    _, report, _ = train.train(df, "KNeighborsRegressor", ["cpu_utilization", "memory_usage_percent"],
+                               train.TrainSettings.build(settings), {}, "x")
     # Per zone: one search per held-out run (on the other 3 runs), then one on all 4 for the final model.
     assert len(seen) == 2 * 5
     folds = [s for s in seen if len(s) == 3]

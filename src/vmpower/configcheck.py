@@ -179,14 +179,15 @@ def check_file(path, schema: str = CONFIG_SCHEMA) -> dict:
     return doc
 
 
-def config_problem(config: dict, check_params: bool = True) -> Problem | None:
-    """The first problem of a whole, merged workflow config: the schema, then the trainers'
-    parameters and search grids (vmpower.pipeline.paramcheck, which imports scikit-learn and XGBoost)."""
+def config_problem(config: dict, checks=()) -> Problem | None:
+    """The first problem of a whole, merged workflow config: the schema, then each of ``checks``
+    (callables config -> Problem | None that a layer passes in, e.g. the trainers' parameters:
+    vmpower.pipeline.paramcheck.config_problem; a base module imports no layer)."""
     problem = schema_problem(config)
-    if problem is None and check_params:
-        from vmpower.pipeline import paramcheck
-
-        problem = paramcheck.train_problem(config.get("train") or {})
+    for check in checks:
+        if problem is not None:
+            break
+        problem = check(config)
     return problem
 
 
@@ -206,10 +207,10 @@ def yaml_problem(path) -> str | None:
     return None
 
 
-def workflow_problem(workflow, config: dict) -> str | None:
+def workflow_problem(workflow, config: dict, checks=()) -> str | None:
     """The workflow's merged config, strictly, naming the file (or --config) that set the key.
-    Trainer parameters are checked in the main process only (not again in every job of a
-    cluster build, where each job plans the workflow anew)."""
+    ``checks`` (see config_problem: the trainers' parameters) run in the main process only (not
+    again in every job of a cluster build, where each job plans the workflow anew)."""
     cli_files = [str(p) for p in workflow.overwrite_configfiles or []]
     files = [str(p) for p in workflow.configfiles if str(p) not in cli_files] + cli_files
     try:
@@ -217,5 +218,5 @@ def workflow_problem(workflow, config: dict) -> str | None:
     except InputError as err:
         return str(err)
     sources.append(("--config", dict(workflow.config_settings.config or {})))
-    problem = config_problem(config, check_params=workflow.is_main_process)
+    problem = config_problem(config, checks if workflow.is_main_process else ())
     return None if problem is None else str(InputError(blame(problem.path, sources), problem.text()))

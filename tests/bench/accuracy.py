@@ -65,9 +65,10 @@ def ablation(raw: Path, cfg: dict, node_types: list[str], group: str = "Full", t
         for variant in variants or VARIANTS:
             frames, quality = merged_runs(raw, nt, cfg, VARIANTS[variant][0])
             data = variant_dataset(frames, quality, cfg, variant)
-            settings = {**cfg["train"], "engineering": {**engineer.settings_from(cfg), **VARIANTS[variant][1]}}
+            settings = train.TrainSettings.build(cfg["train"])
+            engineering = {**engineer.settings_from(cfg), **VARIANTS[variant][1]}
             for tr in trainers:
-                _, report, _ = train.train(data, tr, cfg["features"]["groups"][group], settings, nt)
+                _, report, _ = train.train(data, tr, cfg["features"]["groups"][group], settings, engineering, nt)
                 for zone, m in report["metrics"].items():
                     rows.append({"node_type": nt, "variant": variant, "feature_group": group, "trainer": tr,
                                  "zone": zone, "mae": m["mae"], "r2": m["r2"],

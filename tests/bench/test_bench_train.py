@@ -63,7 +63,7 @@ def data():
 def test_train_and_export(benchmark, data, tmp_path, trainer):
     settings = {**CFG["train"], "patterns": FEATURES}
     models, report, holdout = benchmark.pedantic(
-        train.train, args=(data, trainer, FEATURES, settings, "bench"), rounds=1, iterations=1)
+        train.train, args=(data, trainer, FEATURES, train.TrainSettings.build(settings), {}, "bench"), rounds=1, iterations=1)
     t_train = benchmark.stats.stats.min
     assert report["status"] == "trained"
     d = tmp_path / trainer

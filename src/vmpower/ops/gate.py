@@ -11,7 +11,8 @@
 * ``vmpower changelog``: a markdown changelog of a build against the baseline: which node_types
   changed, metric deltas, input runs added, removed or modified.
 
-Standard library only (no pandas): it runs right after the build, outside any image. Output is
+Standard library only (no pandas; vmpower.pipeline.selection imports pandas only to write): it
+runs right after the build, outside any image. Output is
 deterministic (sorted, no timestamps, relative paths as given).
 """
 
@@ -21,12 +22,12 @@ import argparse
 import csv
 import glob
 import json
-import math
 import sys
 from pathlib import Path
 
 from vmpower.errors import InputError
 from vmpower.io import dumps_json, write_text
+from vmpower.pipeline.selection import best_zone_metrics
 
 BASELINE_FORMAT = 1
 METRICS = ("mae", "mape")
@@ -38,37 +39,10 @@ DEFAULT_INPUTS_GLOB = "results/report/*/provenance.json"
 # ------------------------------------------------------------------------------ reading
 
 
-def _float(value) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        f = float(value)
-    except ValueError:
-        return None
-    return f if math.isfinite(f) else None
-
-
 def best_models(summary_path: str | Path) -> dict:
     """{node_type: {output_type: {feature_group: {"trainer", "zones": {zone: {"mae", "mape"}}}}}}
-    from the summary's best rows."""
-    path = Path(summary_path)
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except FileNotFoundError as err:
-        raise InputError(path, "missing: build the models first (snakemake / make ci-models)") from err
-    need = {"node_type", "output_type", "feature_group", "trainer", "zone", "status", "mae", "mape", "best"}
-    if rows and not need <= set(rows[0]):
-        raise InputError(path, f"not a vmpower summary (needs columns {', '.join(sorted(need))})")
-    out: dict = {}
-    for row in rows:
-        if row["status"] != "trained" or row["best"].strip().lower() != "true" or not row["zone"]:
-            continue
-        model = out.setdefault(row["node_type"], {}).setdefault(row["output_type"], {}).setdefault(
-            row["feature_group"], {"trainer": row["trainer"], "zones": {}}
-        )
-        model["zones"][row["zone"]] = {m: _float(row[m]) for m in METRICS}
-    return out
+    from the summary's best rows (vmpower.pipeline.selection, the one reader of the selection)."""
+    return best_zone_metrics(summary_path, METRICS)
 
 
 def load_inputs(paths) -> dict:
@@ -253,6 +227,56 @@ def _run_changes(old_runs: dict, new_runs: dict) -> dict:
     return {"added": added, "removed": removed, "modified": modified}
 
 
+def _node_type_change(nt: str, baseline: dict, new_models: dict, new_inputs: dict, rows: list[dict]):
+    """One node_type's changelog: (its summary table row, its section's lines)."""
+    old_inputs = baseline.get("inputs", {})
+    in_old, in_new = nt in baseline.get("models", {}), nt in new_models
+    runs = _run_changes(old_inputs.get(nt, {}), new_inputs.get(nt, {})) if nt in new_inputs or nt in old_inputs else None
+    changed_rows = [
+        r for r in rows
+        if r["status"] != "ok" or r["trainer_old"] != r["trainer_new"]
+        or any(r[f"{m}_delta"] not in (None, 0.0) for m in METRICS)
+    ]
+    input_changed = bool(runs and (runs["added"] or runs["removed"] or runs["modified"]))
+    if not in_new:
+        status = "removed"
+    elif not in_old:
+        status = "new"
+    elif changed_rows or input_changed:
+        status = "changed"
+    else:
+        status = "unchanged"
+    best_changed = sorted({f"{r['output_type']}/{r['feature_group']}" for r in changed_rows})
+    row = [
+        nt, status, str(len(best_changed)),
+        ", ".join(runs["added"]) if runs and runs["added"] else "-",
+        ", ".join(runs["removed"]) if runs and runs["removed"] else "-",
+        ", ".join(runs["modified"]) if runs and runs["modified"] else "-",
+    ]
+    sec = [f"## {nt}: {status}", ""]
+    if runs is not None:
+        n_new = len(new_inputs.get(nt, {}))
+        sec.append(f"Input runs: {n_new} in this build, {len(old_inputs.get(nt, {}))} in the baseline.")
+        for what in ("added", "removed", "modified"):
+            if runs[what]:
+                sec.append(f"- runs {what}: {', '.join(runs[what])}")
+        sec.append("")
+    if status == "unchanged":
+        sec += ["Best models and held-out metrics identical to the baseline.", ""]
+    elif rows:
+        header = ["output", "group", "zone", "best trainer", "MAE old → new (W)", "ΔMAE", "MAPE old → new (%)",
+                  "ΔMAPE", "status"]
+        table = [
+            [r["output_type"], r["feature_group"], r["zone"], _trainer(r),
+             f"{_num(r['mae_old'])} → {_num(r['mae_new'])}", _delta(r["mae_delta"]),
+             f"{_num(r['mape_old'], '.2f')} → {_num(r['mape_new'], '.2f')}", _delta(r["mape_delta"], "+.2f"),
+             r["status"]]
+            for r in (changed_rows if status == "changed" else rows)
+        ]
+        sec += _md_table(header, table) + [""]
+    return row, sec
+
+
 def changelog(baseline: dict, new_models: dict, new_inputs: dict, tolerance: dict, baseline_path: str) -> str:
     result = compare(baseline.get("models", {}), new_models, tolerance)
     old_inputs = baseline.get("inputs", {})
@@ -265,51 +289,8 @@ def changelog(baseline: dict, new_models: dict, new_inputs: dict, tolerance: dic
            f"(quality gate: {'passed' if result['passed'] else 'FAILED'}).", ""]
     summary, sections = [], []
     for nt in node_types:
-        in_old, in_new = nt in baseline.get("models", {}), nt in new_models
-        runs = _run_changes(old_inputs.get(nt, {}), new_inputs.get(nt, {})) if nt in new_inputs or nt in old_inputs else None
-        rows = by_nt.get(nt, [])
-        changed_rows = [
-            r for r in rows
-            if r["status"] != "ok" or r["trainer_old"] != r["trainer_new"]
-            or any(r[f"{m}_delta"] not in (None, 0.0) for m in METRICS)
-        ]
-        input_changed = bool(runs and (runs["added"] or runs["removed"] or runs["modified"]))
-        if not in_new:
-            status = "removed"
-        elif not in_old:
-            status = "new"
-        elif changed_rows or input_changed:
-            status = "changed"
-        else:
-            status = "unchanged"
-        best_changed = sorted({f"{r['output_type']}/{r['feature_group']}" for r in changed_rows})
-        summary.append([
-            nt, status, str(len(best_changed)),
-            ", ".join(runs["added"]) if runs and runs["added"] else "-",
-            ", ".join(runs["removed"]) if runs and runs["removed"] else "-",
-            ", ".join(runs["modified"]) if runs and runs["modified"] else "-",
-        ])
-        sec = [f"## {nt}: {status}", ""]
-        if runs is not None:
-            n_new = len(new_inputs.get(nt, {}))
-            sec.append(f"Input runs: {n_new} in this build, {len(old_inputs.get(nt, {}))} in the baseline.")
-            for what in ("added", "removed", "modified"):
-                if runs[what]:
-                    sec.append(f"- runs {what}: {', '.join(runs[what])}")
-            sec.append("")
-        if status == "unchanged":
-            sec += ["Best models and held-out metrics identical to the baseline.", ""]
-        elif rows:
-            header = ["output", "group", "zone", "best trainer", "MAE old → new (W)", "ΔMAE", "MAPE old → new (%)",
-                      "ΔMAPE", "status"]
-            table = [
-                [r["output_type"], r["feature_group"], r["zone"], _trainer(r),
-                 f"{_num(r['mae_old'])} → {_num(r['mae_new'])}", _delta(r["mae_delta"]),
-                 f"{_num(r['mape_old'], '.2f')} → {_num(r['mape_new'], '.2f')}", _delta(r["mape_delta"], "+.2f"),
-                 r["status"]]
-                for r in (changed_rows if status == "changed" else rows)
-            ]
-            sec += _md_table(header, table) + [""]
+        row, sec = _node_type_change(nt, baseline, new_models, new_inputs, by_nt.get(nt, []))
+        summary.append(row)
         sections += sec
     out += ["| node_type | status | best models changed | runs added | runs removed | runs modified |",
             "|---|---|---|---|---|---|"]

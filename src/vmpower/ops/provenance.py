@@ -1,22 +1,15 @@
-"""Provenance recorded in every artifact: where a job ran and with which package versions.
+"""Provenance recorded in every job's record: where a job ran and with which package versions.
 
-Kept free of timestamps, host names and absolute paths so rebuilds stay byte-identical.
+Kept free of timestamps, host names and absolute paths so rebuilds stay byte-identical. The
+checksums and package versions themselves are vmpower.fingerprint's (artifacts record them too).
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from importlib import metadata
-from pathlib import Path
 
-from vmpower.io import sha256_file
-
-# Packages whose versions change numerical results.
-KEY_PACKAGES = (
-    "numpy", "pandas", "pyarrow", "scikit-learn", "scipy", "xgboost-cpu",
-    "onnx", "onnxruntime", "skl2onnx", "onnxmltools",
-)
+from vmpower.fingerprint import package_versions
 
 # Set by the container runner (vmpower.ops.runtime) to the locked image digest; absent locally.
 IMAGE_DIGEST_ENV = "VMPOWER_IMAGE_DIGEST"
@@ -24,16 +17,6 @@ IMAGE_DIGEST_ENV = "VMPOWER_IMAGE_DIGEST"
 
 def image_digest() -> str:
     return os.environ.get(IMAGE_DIGEST_ENV, "local")
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in KEY_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def environment() -> dict:
@@ -44,8 +27,3 @@ def environment() -> dict:
         "python": ".".join(platform.python_version_tuple()[:2]),
         "packages": package_versions(),
     }
-
-
-def input_checksums(paths) -> dict[str, str]:
-    """sha256 of each input, keyed by its path as given (relative to the workflow directory)."""
-    return {Path(p).as_posix(): sha256_file(p) for p in sorted(map(str, paths))}

@@ -40,6 +40,7 @@ import numpy as np
 
 from vmpower.errors import InputError
 from vmpower.io import dumps_json
+from vmpower.names import MANIFEST
 from vmpower.pipeline.kepler_weights import KEPLER_FEATURES, WEIGHT_FILE
 
 ENERGY_SOURCE = "rapl-sysfs"
@@ -128,7 +129,7 @@ def check_points(meta: dict) -> np.ndarray:
 
 def read_models(roots: list[str]) -> list[tuple[Path, dict, dict[str, bytes]]]:
     """Every exported model directory under ``roots`` (manifest-verified): (dir, metadata, files)."""
-    from vmpower.serving.predict import read_artifact, verify_manifest
+    from vmpower.pipeline.artifact import read_model_files, verify_manifest
 
     found = []
     for root in roots:
@@ -137,7 +138,7 @@ def read_models(roots: list[str]) -> list[tuple[Path, dict, dict[str, bytes]]]:
         if not dirs:
             raise InputError(root, "no exported model (metadata.json) under it")
         for d in dirs:
-            files = read_artifact(d)
+            files = read_model_files(d)
             verify_manifest(d, files)
             found.append((d, json.loads(files["metadata.json"]), files))
     return found
@@ -154,7 +155,7 @@ def exclusion(meta: dict) -> str | None:
 
 def build_entry(meta: dict, files: dict[str, bytes], index: int, tolerance: float) -> tuple[str, str, dict[str, bytes]]:
     """(Kepler feature group, model name, files of the model directory) for one vmpower model."""
-    from vmpower.pipeline.export import onnx_predict
+    from vmpower.pipeline.onnx_convert import onnx_predict
 
     weights = json.loads(files[WEIGHT_FILE])
     kfeat = [KEPLER_FEATURES[f] for f in meta["features"]]
@@ -183,7 +184,7 @@ def build_entry(meta: dict, files: dict[str, bytes], index: int, tolerance: floa
         "node_type": index, "mae": meta["mae"], "mape": meta.get("mape"),
         "vmpower_model_name": meta["model_name"], "vmpower_node_type": meta["node_type"],
         "vmpower_feature_group": meta["feature_group"], "vmpower_features": list(meta["features"]),
-        "vmpower_manifest_sha256": hashlib.sha256(files["manifest.sha256"]).hexdigest(),
+        "vmpower_manifest_sha256": hashlib.sha256(files[MANIFEST]).hexdigest(),
         **{f"{z}_mae": meta.get(f"{z}_mae") for z in meta["zones"]},
         **{f"idle_power_watts_{z}": w for z, w in (meta.get("idle_power_watts") or {}).items()},
     }
@@ -227,7 +228,7 @@ def node_type_index_json(mapping: dict) -> dict:
 
 def write_db(out: Path, pipeline: str, mapping: dict, entries: dict, excluded: list, zip_date: tuple) -> None:
     """The pipeline directory, replaced whole (built beside it, then renamed)."""
-    from vmpower.pipeline.export import write_zip
+    from vmpower.pipeline.artifact import write_zip
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{pipeline}.", dir=out))

@@ -60,7 +60,7 @@ def to_onnx(pipeline, n_features: int, trainer: str, graph_name: str, opset: int
     from skl2onnx.common.data_types import DoubleTensorType
     from sklearn.pipeline import Pipeline
 
-    from vmpower.pipeline.trainers import TREE_TRAINERS
+    from vmpower.names import TREE_TRAINERS
 
     steps = pipeline.steps
     if trainer in TREE_TRAINERS:

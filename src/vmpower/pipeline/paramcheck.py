@@ -15,7 +15,9 @@ import re
 from numbers import Integral, Real
 
 from vmpower.configcheck import Problem
-from vmpower.pipeline.trainers import TRAINERS
+
+# The workflow imports this module while planning (rules/common.smk passes config_problem to
+# configcheck): vmpower.pipeline.trainers (numpy, scikit-learn) is imported only when checking.
 
 # Set by vmpower for every fit (trainers.make_pipeline): a value in the config would be ignored.
 _RESERVED = {"random_state": "set from train.seed", "n_jobs": "always 1, so results do not depend on the core count"}
@@ -50,9 +52,11 @@ def _extra_constraints(trainer: str) -> dict:
 
 
 def _estimator(trainer: str):
-    module, cls, _linear, seeded, threaded = TRAINERS[trainer]
-    est_cls = getattr(importlib.import_module(module), cls)
-    reserved = {k: v for k, v in _RESERVED.items() if (seeded if k == "random_state" else threaded)}
+    from vmpower.pipeline.trainers import TRAINERS
+
+    traits = TRAINERS[trainer]
+    est_cls = getattr(importlib.import_module(traits.module), traits.cls)
+    reserved = {k: v for k, v in _RESERVED.items() if (traits.seeded if k == "random_state" else traits.threaded)}
     constraints = {**getattr(est_cls, "_parameter_constraints", {}), **_extra_constraints(trainer)}
     return set(est_cls().get_params(deep=False)), constraints, reserved
 
@@ -103,6 +107,8 @@ def trainer_problem(trainer: str, params: dict, grid: dict) -> Problem | None:
 
 def train_problem(train: dict) -> Problem | None:
     """The first problem of train.params and train.search (both {trainer: {...}})."""
+    from vmpower.pipeline.trainers import TRAINERS
+
     params, search = train.get("params") or {}, train.get("search") or {}
     for section, mapping in (("params", params), ("search", search)):
         for trainer in mapping:
@@ -115,3 +121,8 @@ def train_problem(train: dict) -> Problem | None:
         if problem is not None:
             return problem
     return None
+
+
+def config_problem(config: dict) -> Problem | None:
+    """A workflow config's trainer problems (configcheck.config_problem's ``checks``)."""
+    return train_problem(config.get("train") or {})

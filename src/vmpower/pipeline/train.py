@@ -9,15 +9,41 @@ then refitted on all rows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import json
 
 import numpy as np
 import pandas as pd
 
+from vmpower import settings as settings_mod
 from vmpower.errors import InputError
 from vmpower.io import atomic_path, write_json, write_parquet
-from vmpower.pipeline.trainers import TRAINERS, TREE_TRAINERS, fit_notes, fit_pipeline, make_pipeline  # noqa: F401 (train.TRAINERS)
+from vmpower.names import POWER_PREFIX, power_column, zone_of
+from vmpower.pipeline.trainers import TRAINERS, fit_notes, fit_pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings(settings_mod.Section):
+    """config.yaml's train section (the keys a train job reads; defaults in the schema)."""
+
+    seed: int
+    max_folds: int
+    holdout_fraction: float
+    mape_floor_watts: float
+    max_train_rows: int
+    max_missing_feature_fraction: float
+    min_rows: int
+    params: dict
+    search: dict
+    search_folds: int
+    search_max_rows: int
+
+    def params_of(self, trainer: str) -> dict:
+        return dict(self.params.get(trainer, {}))
+
+    def grid_of(self, trainer: str) -> dict:
+        return dict(self.search.get(trainer, {}))
 
 META_COLUMNS = {"run_id", "time", "t_rel", "time_delta_seconds", "stress_workload", "n_host_samples", "time_diff"}
 
@@ -29,7 +55,7 @@ def candidate_features(df: pd.DataFrame) -> list[str]:
     return [
         c
         for c in df.columns
-        if c not in META_COLUMNS and not c.startswith("power_") and pd.api.types.is_float_dtype(df[c].dtype)
+        if c not in META_COLUMNS and not c.startswith(POWER_PREFIX) and pd.api.types.is_float_dtype(df[c].dtype)
     ]
 
 
@@ -211,41 +237,61 @@ def fit_zone(trainer, params, seed, X, y, folds, max_rows, groups=None, grid=Non
     return final, pred, search
 
 
-def fit_zones(trainer, data, features, folds, settings) -> tuple[dict, dict, dict, dict]:
+def power_zones(df: pd.DataFrame) -> list[str]:
+    """The zones of a data set's power columns, in column order."""
+    return [z for z in map(zone_of, df.columns) if z is not None]
+
+
+def fit_zones(trainer, data, features, folds, settings: TrainSettings) -> tuple[dict, dict, dict, dict]:
     """fit_zone for every power_<zone> column. Returns (models, metrics, search per zone,
     held-out labels and predictions per zone)."""
     X = data[features].to_numpy("float64")
-    params = dict(settings.get("params", {}).get(trainer, {}))
-    grid = dict((settings.get("search") or {}).get(trainer, {}))
+    params, grid = settings.params_of(trainer), settings.grid_of(trainer)
     groups = pd.factorize(data["run_id"], sort=True)[0].astype("int64")
     held = folds >= 0
     models, metrics, searched, columns = {}, {}, {}, {}
-    for zone in [c.removeprefix("power_") for c in data.columns if c.startswith("power_")]:
-        y = data[f"power_{zone}"].to_numpy("float64")
+    for zone in power_zones(data):
+        y = data[power_column(zone)].to_numpy("float64")
         models[zone], pred, searched[zone] = fit_zone(
-            trainer, params, int(settings["seed"]), X, y, folds, int(settings.get("max_train_rows", 0)), groups=groups,
-            grid=grid, search_folds=int(settings.get("search_folds", 3)), search_rows=int(settings.get("search_max_rows", 0)),
+            trainer, params, settings.seed, X, y, folds, settings.max_train_rows, groups=groups,
+            grid=grid, search_folds=settings.search_folds, search_rows=settings.search_max_rows,
         )
-        metrics[zone] = zone_metrics(y[held], pred[held], float(settings["mape_floor_watts"]))
-        columns[f"power_{zone}"], columns[f"pred_{zone}"] = y[held], pred[held]
+        metrics[zone] = zone_metrics(y[held], pred[held], settings.mape_floor_watts)
+        columns[power_column(zone)], columns[f"pred_{zone}"] = y[held], pred[held]
     return models, metrics, searched, columns
 
 
-def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: dict, path: str) -> tuple[dict, dict, pd.DataFrame]:
-    zones = [c.removeprefix("power_") for c in df.columns if c.startswith("power_")]
+def _search_report(settings: TrainSettings, trainer: str, searched: dict) -> dict:
+    """The training report's search part: the grid, the choice per zone, what the fits changed."""
+    grid = settings.grid_of(trainer)
+    return {
+        "search": {"grid": grid, "inner_folds": settings.search_folds,
+                   "scheme": "inside each training split: run-grouped inner folds over its training runs",
+                   "chosen": {z: v["params"] for z, v in searched.items()},
+                   "per_zone": searched} if grid else None,
+        "chosen_params": {z: v["params"] for z, v in searched.items()},
+        # Parameters the final model could not take on this data ({zone: {param: [asked, used]}}).
+        "adapted_params": {z: v["adapted"] for z, v in searched.items() if v["adapted"]},
+        # What the final fit did to its rows (KNN: identical vectors averaged into one point).
+        "final_fit": {z: v["fit"] for z, v in searched.items() if v["fit"]},
+    }
+
+
+def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: TrainSettings, engineering: dict,
+          path: str) -> tuple[dict, dict, pd.DataFrame]:
+    """One trainer on one data set, all zones: (models per zone, training report, held-out rows
+    with predictions). ``engineering``: the features section's engineering keys (train_settings
+    in rules/common.smk), described in the report."""
+    zones = power_zones(df)
     if not zones:
         raise InputError(path, "no power_<zone> columns")
-    features, usable, feat_report = select_features(df, patterns, float(settings.get("max_missing_feature_fraction", 0.5)))
+    features, usable, feat_report = select_features(df, patterns, settings.max_missing_feature_fraction)
     data = df.loc[usable].reset_index(drop=True)
     base = {"features": features, "feature_report": feat_report, "zones": zones}
-    min_rows = int(settings.get("min_rows", 10))
-    if not features or len(data) < min_rows:
-        reason = "no usable feature" if not features else f"too few rows ({len(data)}, train.min_rows {min_rows})"
+    if not features or len(data) < settings.min_rows:
+        reason = "no usable feature" if not features else f"too few rows ({len(data)}, train.min_rows {settings.min_rows})"
         return {}, {**base, "status": "skipped", "reason": reason}, pd.DataFrame()
-    folds, scheme = holdout_folds(data, int(settings["max_folds"]), float(settings["holdout_fraction"]))
-    params = dict(settings.get("params", {}).get(trainer, {}))
-    grid = dict((settings.get("search") or {}).get(trainer, {}))
-    seed = int(settings["seed"])
+    folds, scheme = holdout_folds(data, settings.max_folds, settings.holdout_fraction)
     try:
         models, metrics, searched, columns = fit_zones(trainer, data, features, folds, settings)
     except ValueError as exc:  # what an estimator raises for data it cannot fit: this trainer only
@@ -258,20 +304,12 @@ def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: dict, p
 
     report = {
         **base,
-        "feature_engineering": engineer.describe(features, engineer.settings_from(settings.get("engineering") or {})),
+        "feature_engineering": engineer.describe(features, engineer.settings_from(engineering)),
         "status": "trained",
         "trainer": trainer,
-        "params": params,
-        "search": {"grid": grid, "inner_folds": int(settings.get("search_folds", 3)),
-                   "scheme": "inside each training split: run-grouped inner folds over its training runs",
-                   "chosen": {z: v["params"] for z, v in searched.items()},
-                   "per_zone": searched} if grid else None,
-        "chosen_params": {z: v["params"] for z, v in searched.items()},
-        # Parameters the final model could not take on this data ({zone: {param: [asked, used]}}).
-        "adapted_params": {z: v["adapted"] for z, v in searched.items() if v["adapted"]},
-        # What the final fit did to its rows (KNN: identical vectors averaged into one point).
-        "final_fit": {z: v["fit"] for z, v in searched.items() if v["fit"]},
-        "seed": seed,
+        "params": settings.params_of(trainer),
+        **_search_report(settings, trainer, searched),
+        "seed": settings.seed,
         "evaluation": scheme,
         "rows_train": int(len(data)),
         "rows_heldout": int(held.sum()),
@@ -287,9 +325,11 @@ def train(df: pd.DataFrame, trainer: str, patterns: list[str], settings: dict, p
 def cmd_train(args) -> int:
     import joblib
 
-    settings = json.loads(args.settings)
+    mapping = json.loads(args.settings)
+    settings = TrainSettings.build(mapping, "--settings")
     df = pd.read_parquet(args.dataset)
-    models, report, holdout = train(df, args.trainer, settings["patterns"], settings, args.dataset)
+    models, report, holdout = train(df, args.trainer, list(mapping["patterns"]), settings,
+                                    mapping.get("engineering") or {}, args.dataset)
     report.update({"node_type": args.node_type, "output_type": args.output_type, "feature_group": args.feature_group})
     with atomic_path(args.model) as tmp:
         joblib.dump({"features": report["features"], "zones": report["zones"], "models": models}, tmp, compress=3)
@@ -303,69 +343,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- cross-node_type check
-
-
-def cross_node_type(models: dict[str, str], metrics: dict[str, str], datasets: dict[str, str]) -> pd.DataFrame:
-    """MAE of each node_type's model on every node_type's data. The diagonal is the model's own
-    held-out (leave-one-run-out) MAE; off the diagonal every row of the other node_type is unseen.
-    ``ratio`` = MAE / the evaluated node_type's own held-out MAE (1 = as good as its own model)."""
-    import joblib
-
-    own = {}
-    for nt, path in metrics.items():
-        rep = json.loads(open(path).read())
-        own[nt] = {z: m["mae"] for z, m in rep.get("metrics", {}).items()}
-    rows = []
-    for src in sorted(models):
-        bundle = joblib.load(models[src])
-        feats = bundle["features"]
-        for dst in sorted(datasets):
-            df = pd.read_parquet(datasets[dst])
-            missing = [f for f in feats if f not in df.columns]
-            for zone in bundle["zones"]:
-                row = {"trained_on": src, "evaluated_on": dst, "zone": zone}
-                if src == dst:
-                    row.update({"mae": own[src].get(zone), "rows": None, "kind": "held-out runs"})
-                elif zone not in bundle["models"]:  # skipped or failed in training (its metrics say why)
-                    row.update({"mae": None, "rows": 0, "kind": "not trained"})
-                elif missing or f"power_{zone}" not in df.columns:
-                    row.update({"mae": None, "rows": 0,
-                                "kind": f"missing {', '.join(missing[:3]) or 'zone'}"})
-                else:
-                    ok = df[feats].notna().all(axis=1) & df[f"power_{zone}"].notna()
-                    X = df.loc[ok, feats].to_numpy("float64")
-                    y = df.loc[ok, f"power_{zone}"].to_numpy("float64")
-                    pred = bundle["models"][zone].predict(X)
-                    row.update({"mae": float(np.abs(pred - y).mean()), "rows": int(ok.sum()), "kind": "all rows"})
-                base = own.get(dst, {}).get(zone)
-                row["ratio"] = row["mae"] / base if row["mae"] is not None and base else None
-                rows.append(row)
-    return pd.DataFrame(rows, columns=["trained_on", "evaluated_on", "zone", "mae", "ratio", "rows", "kind"])
-
-
-def cmd_cross(args) -> int:
-    names = args.node_types
-    table = cross_node_type(dict(zip(names, args.models)), dict(zip(names, args.metrics)), dict(zip(names, args.datasets)))
-    table.insert(0, "model", args.model_name)
-    with atomic_path(args.output) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-    pkg = table[table.zone == table.zone.iloc[0]] if len(table) else table
-    if len(pkg):
-        print(pkg.pivot(index="trained_on", columns="evaluated_on", values="mae").round(2).to_string())
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("train-cross", help="matrix: a node_type's model evaluated on every node_type's data")
-    c.add_argument("--node-types", nargs="+", required=True)
-    c.add_argument("--models", nargs="+", required=True, help="model.joblib per node_type (same order)")
-    c.add_argument("--metrics", nargs="+", required=True, help="metrics.json per node_type (same order)")
-    c.add_argument("--datasets", nargs="+", required=True, help="isolated dataset per node_type (same order)")
-    c.add_argument("--model-name", required=True, help="<output_type>/<feature_group>/<trainer> compared")
-    c.add_argument("--output", required=True, help="cross_node_type.csv")
-    c.set_defaults(func=cmd_cross)
-
     p = sub.add_parser("train", help="train one trainer for all zones of a node_type/output type/feature group")
     p.add_argument("--dataset", required=True, help="isolated dataset (AbsPower or DynPower parquet)")
     p.add_argument("--node-type", required=True)

@@ -14,19 +14,32 @@ lower training index wins a tie), so both runtimes answer alike, ties or not.
 from __future__ import annotations
 
 import importlib
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.neighbors import KNeighborsRegressor
 
-# Trainer name -> (module, class, is linear, takes random_state, takes n_jobs)
+
+
+class Trainer(NamedTuple):
+    """A trainer's traits: where its estimator class is, and what vmpower sets for every fit."""
+
+    module: str
+    cls: str
+    linear: bool  # Kepler v0.7 reads weights of linear models only (kepler_weights.py)
+    seeded: bool  # takes random_state (set from train.seed)
+    threaded: bool  # takes n_jobs (always 1)
+
+
 TRAINERS = {
-    "LinearRegression": ("sklearn.linear_model", "LinearRegression", True, False, False),
-    "SGDRegressor": ("sklearn.linear_model", "SGDRegressor", True, True, False),
-    "GradientBoostingRegressor": ("sklearn.ensemble", "GradientBoostingRegressor", False, True, False),
-    "XGBRegressor": ("xgboost", "XGBRegressor", False, True, True),
-    "KNeighborsRegressor": ("vmpower.pipeline.trainers", "TieStableKNeighborsRegressor", False, False, True),
+    "LinearRegression": Trainer("sklearn.linear_model", "LinearRegression", linear=True, seeded=False, threaded=False),
+    "SGDRegressor": Trainer("sklearn.linear_model", "SGDRegressor", linear=True, seeded=True, threaded=False),
+    "GradientBoostingRegressor": Trainer("sklearn.ensemble", "GradientBoostingRegressor", linear=False, seeded=True,
+                                         threaded=False),
+    "XGBRegressor": Trainer("xgboost", "XGBRegressor", linear=False, seeded=True, threaded=True),
+    "KNeighborsRegressor": Trainer("vmpower.pipeline.trainers", "TieStableKNeighborsRegressor", linear=False,
+                                   seeded=False, threaded=True),
 }
-TREE_TRAINERS = {"GradientBoostingRegressor", "XGBRegressor"}
 
 # Query rows per block, and cells (rows x training rows) of a screening block: bound memory
 # (blocks of rows, not a loop over rows).
@@ -115,13 +128,13 @@ def make_pipeline(trainer: str, params: dict, seed: int):
 
     if trainer not in TRAINERS:
         raise ValueError(f"unknown trainer {trainer!r}; known: {', '.join(TRAINERS)}")
-    module, cls, _linear, seeded, threaded = TRAINERS[trainer]
+    traits = TRAINERS[trainer]
     kwargs = dict(params)
-    if seeded:
+    if traits.seeded:
         kwargs["random_state"] = seed
-    if threaded:
+    if traits.threaded:
         kwargs["n_jobs"] = 1
-    estimator = getattr(importlib.import_module(module), cls)(**kwargs)
+    estimator = getattr(importlib.import_module(traits.module), traits.cls)(**kwargs)
     return Pipeline([("scaler", StandardScaler()), ("model", estimator)])
 
 
