@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from helpers import vm_records, write_vm
-from vmpower.serving import archive, predict
+from vmpower.pipeline import artifact as archive
+from vmpower.serving import predict
 from vmpower.pipeline import ingest
 from vmpower import jsonguard, limits
 from vmpower.errors import InputError

@@ -8,17 +8,15 @@ a tampered or mismatched model is refused with a one-line InputError.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmpower.errors import InputError
 from vmpower.names import MANIFEST
 
-_MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
-# Statuses of a model that can serve ("trained" as exported; "ok" in summaries).
-USABLE_STATUSES = ("trained", "ok")
+# The exported-model format (manifest, bounded reads) is the pipeline's: one definition.
+from vmpower.pipeline.artifact import read_model_files, verify_manifest  # noqa: E402,F401
+from vmpower.pipeline.selection import USABLE_STATUSES  # noqa: E402
 
 
 def usable_status(meta: dict) -> bool:
@@ -27,33 +25,8 @@ def usable_status(meta: dict) -> bool:
 
 def read_artifact(path: str | Path, limits=None) -> dict[str, bytes]:
     """All files of an exported model (directory or .zip), by relative name, read once, with
-    their sizes bounded by ``limits`` (vmpower.serving.archive)."""
-    from vmpower.serving.archive import read_model_files
-
+    their sizes bounded by ``limits`` (vmpower.pipeline.artifact)."""
     return read_model_files(path, limits)
-
-
-def verify_manifest(path: Path, files: dict[str, bytes]) -> str:
-    """Check every file against manifest.sha256; return the model version (manifest digest)."""
-    if MANIFEST not in files:
-        raise InputError(path, f"no {MANIFEST}: cannot verify the model's integrity")
-    listed: dict[str, str] = {}
-    for n, line in enumerate(files[MANIFEST].decode("utf-8", "replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        m = _MANIFEST_LINE.match(line)
-        if not m:
-            raise InputError(path, f"{MANIFEST} line {n} is malformed: {line[:80]!r}")
-        listed[m.group(2)] = m.group(1)
-    for name, digest in listed.items():
-        if name not in files:
-            raise InputError(path, f"{name} is listed in {MANIFEST} but missing")
-        if hashlib.sha256(files[name]).hexdigest() != digest:
-            raise InputError(path, f"{name} does not match its sha256 in {MANIFEST} (file changed)")
-    extra = sorted(set(files) - set(listed) - {MANIFEST})
-    if extra:
-        raise InputError(path, f"{extra[0]} is not listed in {MANIFEST} (unexpected file)")
-    return hashlib.sha256(files[MANIFEST]).hexdigest()[:12]
 
 
 def parse_json(path: Path, data: bytes, limits, what: str):
@@ -70,8 +43,6 @@ def parse_json(path: Path, data: bytes, limits, what: str):
 def read_metadata(path: Path, limits=None) -> dict:
     """metadata.json of a model dir or zip, unverified (selection only; the chosen one is verified),
     size- and depth-bounded by ``limits`` (default: the built-in ones)."""
-    from vmpower.serving.archive import read_model_files
-
     files = read_model_files(path, limits, names={"metadata.json"})
     if "metadata.json" not in files:
         raise InputError(path, "cannot read metadata.json (not in the model)")

@@ -28,17 +28,22 @@ def _contract():
 
 
 def load_settings(config: str | None, metadata: dict | None = None):
-    """Ingest settings (cumulative/perf/non-features): from --config when given, else from the
-    model's metadata (exported since the settings are recorded there), else ./config.yaml."""
+    """Ingest settings (cumulative/perf/non-features): from --config when it has an ``ingest``
+    section, else from the model's metadata (exported since the settings are recorded there),
+    else ./config.yaml. A --config without ``ingest`` (e.g. only ``limits``) keeps the model's."""
+    from vmpower.configcheck import check_file
+
     settings_cls, _frame = _contract()
-    if not config and metadata and isinstance(metadata.get("ingest"), dict):
+    if config and "ingest" in check_file(config):
+        return settings_cls.from_config(settings_model.load(config), str(config))
+    if metadata and isinstance(metadata.get("ingest"), dict):
         # Hinge columns come from the model's own feature_engineering record (model_matrix).
         return settings_cls.from_ingest(metadata["ingest"], {}, "metadata.json")
     candidates = [Path(config)] if config else [Path("config.yaml"), CONFIG]
     for p in candidates:
-        if p.is_file():
+        if p.is_file() and "ingest" in check_file(p):
             return settings_cls.from_config(settings_model.load(p), str(p))
-    raise InputError(candidates[0], "config not found: pass --config with the config.yaml the models were built with")
+    raise InputError(candidates[0], "no ingest settings: pass --config with the config.yaml the models were built with")
 
 
 def frame_features(raw, settings):

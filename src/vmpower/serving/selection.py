@@ -79,38 +79,19 @@ class ModelRequest:
     feature_group: str | None
 
 
-def read_best_json(path: Path, limits=None) -> dict:
-    """results/best.json: {node_type: {output_type: {group: entry}}} (the one place serving reads it)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(path, f"cannot read best models ({exc})") from None
-    best = parse_json(path, data, limits, "best models")
-    if not isinstance(best, dict):
-        raise InputError(path, "cannot read best models (not a JSON object)")
-    return best
-
-
 def best_table(results: Path, limits=None) -> tuple[dict, Path]:
     """{node_type: {output_type: {group: entry}}} with each entry's mae_mean, and the file named
     in errors: results/best.json, or else the best (lowest MAE) trained model per node_type,
-    output type and feature group among the model directories and archives under the directory."""
+    output type and feature group among the model directories and archives under the directory
+    (the pipeline's one rule, vmpower.pipeline.selection)."""
+    from vmpower.pipeline.selection import pick_best, read_best
+
     best_path = results / "best.json"
     if best_path.exists():
-        return read_best_json(best_path, limits), best_path
+        return read_best(best_path, limits), best_path
     dirs = [p.parent for p in sorted(results.rglob("metadata.json"))]
     zips = [p for p in sorted(results.rglob("*.zip")) if p.with_suffix("") not in dirs]
-    best: dict = {}
-    for p in dirs + zips:
-        meta = read_metadata(p, limits)
-        if meta.get("status") is None or not usable_status(meta) or meta.get("mae") is None:
-            continue
-        entry = {"trainer": str(meta.get("trainer", "")).removesuffix("Trainer"), "model_name": meta.get("model_name"),
-                 "mae_mean": float(meta["mae"]), "path": str(p)}
-        slot = best.setdefault(meta["node_type"], {}).setdefault(meta["output_type"], {})
-        old = slot.get(meta["feature_group"])
-        if old is None or (entry["mae_mean"], entry["model_name"]) < (old["mae_mean"], old["model_name"]):
-            slot[meta["feature_group"]] = entry
+    best = pick_best((p, read_metadata(p, limits)) for p in dirs + zips)
     if not best:
         raise InputError(results, "no best.json, metadata.json or trained model archive found here")
     return best, results

@@ -1,4 +1,4 @@
-"""vmpower.serving.archive: model files read with bounded sizes; damage is one InputError line."""
+"""vmpower.pipeline.artifact: model files read with bounded sizes; damage is one InputError line."""
 
 import zipfile
 
@@ -6,7 +6,7 @@ import pytest
 
 from vmpower import limits as limits_mod
 from vmpower.errors import InputError
-from vmpower.serving.archive import read_model_files
+from vmpower.pipeline.artifact import read_model_files
 
 
 def _small(member: int, total: int):
