@@ -216,11 +216,3 @@ def test_shipped_trainer_parameters_pass_and_every_trainer_is_checked():
     for trainer in train["trainers"]:  # a misspelt name is caught for each trainer, not only some
         problem = paramcheck.trainer_problem(trainer, {"no_such_param": 1}, {})
         assert problem is not None and problem.path == ("train", "params", trainer, "no_such_param")
-
-
-def test_blame_names_the_last_file_that_sets_the_key():
-    sources = [("config.yaml", {"train": {"params": {"X": {"a": 1}}}}), ("over.yaml", {"train": {"seed": 1}}),
-               ("--config", {})]
-    assert configcheck.blame(("train", "params", "X", "a"), sources) == "config.yaml"
-    assert configcheck.blame(("train", "seed"), sources) == "over.yaml"
-    assert configcheck.blame(("train", "nothing"), sources) == "over.yaml"  # deepest, then latest

@@ -303,16 +303,3 @@ def test_documented_defaults_are_the_schema_defaults():
     assert table == {k: float(v) for k, v in vars(limits.defaults()).items()}
     schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
     assert "limits" in schema["properties"] and yaml.safe_load((ROOT / "config.yaml").read_text())["limits"] == {}
-
-
-def test_an_atomic_write_to_a_device_writes_through_and_never_replaces_it(tmp_path):
-    """`--output /dev/null` as root: the write goes to the device; a rename would have replaced
-    /dev/null with a regular file (seen once on this machine, breaking every later daemon)."""
-    import stat
-
-    from vmpower.io import atomic_path
-
-    with atomic_path(os.devnull) as tmp:
-        tmp.write_text("discarded\n")
-    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
-    assert not tmp.exists()
