@@ -40,6 +40,7 @@ COMMANDS = {
     "check-layout": "vmpower.pipeline.layout",
     "predict": "vmpower.serving.predict",
     "serve": "vmpower.serving.predict",
+    "sign": "vmpower.serving.signing",
     "gate": "vmpower.ops.gate",
     "accept-models": "vmpower.ops.gate",
     "changelog": "vmpower.ops.gate",

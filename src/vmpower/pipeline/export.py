@@ -22,7 +22,7 @@ import pandas as pd
 
 from vmpower.ops import provenance
 from vmpower.errors import InputError
-from vmpower.io import atomic_path, dumps_json, sha256_file, write_json
+from vmpower.io import MODEL_DIR_MODE, MODEL_MODE, atomic_path, dumps_json, sha256_file, write_json
 from vmpower.pipeline.onnx_convert import onnx_predict, to_onnx  # noqa: F401 (export.to_onnx, export.onnx_predict)
 
 MANIFEST = "manifest.sha256"
@@ -36,7 +36,7 @@ def model_name(trainer: str, node_type: str) -> str:
 
 def write_zip(src_dir: Path, zip_path: Path, date_time: tuple) -> None:
     """Deterministic zip: sorted entries, fixed dates and permissions."""
-    with atomic_path(zip_path) as tmp:
+    with atomic_path(zip_path, mode=MODEL_MODE) as tmp:  # issue 17 hook: 0600
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
             for f in sorted(p for p in src_dir.rglob("*") if p.is_file()):
                 info = zipfile.ZipInfo(f.relative_to(src_dir).as_posix(), date_time=tuple(date_time))
@@ -243,8 +243,8 @@ def write_model(files: dict[str, bytes], out_dir: Path, archive: Path, zip_date:
             (tmp_dir / fname).write_bytes(data)
         write_manifest(tmp_dir)
         for p in tmp_dir.iterdir():
-            os.chmod(p, 0o644)
-        os.chmod(tmp_dir, 0o755)
+            os.chmod(p, MODEL_MODE)  # issue 17 hook: 0600 files in a 0700 directory
+        os.chmod(tmp_dir, MODEL_DIR_MODE)
         write_zip(tmp_dir, archive, zip_date)
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -70,6 +70,10 @@ def read_zip(path: Path, limits=None, names=None) -> dict[str, bytes]:
                                f"({limits.max_archive_total_bytes})")
     try:
         with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                unsafe = unsafe_name(info.filename)
+                if unsafe:
+                    raise InputError(path, f"member {info.filename!r} {unsafe}: refused (path traversal)")
             infos = [i for i in zf.infolist() if not i.is_dir() and (names is None or i.filename in names)]
             check_sizes(path, {i.filename: i.file_size for i in infos}, limits)
             out = {}
@@ -80,6 +84,18 @@ def read_zip(path: Path, limits=None, names=None) -> dict[str, bytes]:
     except ZIP_ERRORS as exc:
         raise InputError(path, f"damaged or unreadable model archive ({type(exc).__name__}: "
                                f"{' '.join(str(exc).split())[:120]})") from None
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why a member name could point outside the model (absolute, a drive, "..", a backslash or
+    NUL), or None. Nothing is ever extracted, but a model must not name such files at all."""
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "is an absolute path"
+    if "\\" in name or "\0" in name:
+        return "has a backslash or NUL"
+    if ".." in name.split("/"):
+        return "climbs out with '..'"
+    return None
 
 
 def read_model_files(path: str | Path, limits=None, names=None) -> dict[str, bytes]:

@@ -268,7 +268,8 @@ class _Timer:
 
 def run_exporter(models, settings, *, port: int, address: str, interval: float, node_name: str,
                  use_perf: bool, kepler_url: str | None, stop=None, threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
-                 low_confidence: str = "report", idle_source=None, powercap_dir=None, limits=None) -> None:
+                 low_confidence: str = "report", idle_source=None, powercap_dir=None, limits=None,
+                 make_exporter=None) -> None:
     """Collect live features every ``interval`` s with the guest collector and serve /metrics.
     ``idle_source``: the --model path, searched for the node_type's idle power (find_idle);
     ``powercap_dir``: keep a RAPL-shaped tree of the modelled energy there (vmpower.serving.powercap);
@@ -292,7 +293,8 @@ def run_exporter(models, settings, *, port: int, address: str, interval: float, 
     else:
         log.info("idle power per zone from %s: %s", where, ", ".join(f"{z} {w:.3g} W" for z, w in idle.items()))
     limits = limits or limits_mod.defaults()
-    exporter = Exporter(models, settings, node_name, threshold=threshold, low_confidence=low_confidence, idle=idle,
+    # issue 17 hook: make_exporter = reload.Switch (live model versions, health gauges)
+    exporter = (make_exporter or Exporter)(models, settings, node_name, threshold=threshold, low_confidence=low_confidence, idle=idle,
                         max_fields=limits.max_columns)
     tree = PowercapTree(powercap_dir, exporter.zones) if powercap_dir else None
     collector = collect_features.FeatureCollector(os.devnull, interval=interval, duration=None, workloads="none",

@@ -67,7 +67,7 @@ def verify_manifest(path: Path, files: dict[str, bytes]) -> str:
             raise InputError(path, f"{name} is listed in {MANIFEST} but missing")
         if hashlib.sha256(files[name]).hexdigest() != digest:
             raise InputError(path, f"{name} does not match its sha256 in {MANIFEST} (file changed)")
-    extra = sorted(set(files) - set(listed) - {MANIFEST})
+    extra = sorted(set(files) - set(listed) - {MANIFEST, MANIFEST + ".sig"})  # issue 17 hook: the signature
     if extra:
         raise InputError(path, f"{extra[0]} is not listed in {MANIFEST} (unexpected file)")
     return hashlib.sha256(files[MANIFEST]).hexdigest()[:12]
@@ -153,6 +153,9 @@ class Model:
         path = Path(path)
         files = read_artifact(path, limits)
         version = verify_manifest(path, files)
+        from vmpower.serving import signing  # issue 17 hook: signature policy
+
+        signing.check(path, files)
         if "metadata.json" not in files:
             raise InputError(path, "no metadata.json")
         meta = _metadata(path, files["metadata.json"], limits)
@@ -518,12 +521,22 @@ def cmd_serve(args) -> int:
     from vmpower.serving.exporter import run_exporter
     from vmpower.serving.fallback import resolve_chain
 
+    from vmpower.serving import reload, vmconfig  # issue 17 hook: config file, model versions
+
+    cfg = vmconfig.apply(args, "serve")
     if args.config:  # a bad config fails first, in one line
         check_file(args.config)
     from vmpower import limits as limits_mod
 
     limits = limits_mod.load(args.config)
-    models = resolve_chain(args, use_perf=not args.no_perf, limits=limits)
+    if not cfg.enabled:  # issue 17 hook
+        from vmpower.serving.health import serve_disabled
+
+        return serve_disabled(args, limits)
+    if args.model_versions:  # issue 17 hook
+        models, make_exporter = reload.start(args, cfg, limits, use_perf=not args.no_perf)
+    else:
+        models, make_exporter = resolve_chain(args, use_perf=not args.no_perf, limits=limits), reload.static()
     settings = [load_settings(args.config, m.metadata) for m in models]
     if args.no_perf:
         for m, s in zip(models, settings):
@@ -537,7 +550,7 @@ def cmd_serve(args) -> int:
                      node_name=args.node_name or socket.gethostname(), use_perf=not args.no_perf,
                      kepler_url=args.kepler_url, stop=stoppers, threshold=args.confidence_threshold,
                      low_confidence=args.low_confidence, idle_source=args.model, powercap_dir=args.powercap_dir,
-                     limits=limits)
+                     limits=limits, make_exporter=make_exporter)
     return 0
 
 
@@ -583,6 +596,11 @@ def _chain_args(p) -> None:
 def cmd_predict(args) -> int:
     from vmpower.serving.fallback import cmd_predict as run
 
+    from vmpower.serving import vmconfig  # issue 17 hook: config file, model versions
+
+    vmconfig.apply(args, "predict")
+    if args.model_versions:
+        vmconfig.pick_version(args)
     return run(args)
 
 
@@ -592,6 +610,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="vm_features file (JSON array or JSON Lines)")
     p.add_argument("--output", help=".csv or .parquet (default: CSV on stdout)")
     _chain_args(p)
+    from vmpower.serving import vmconfig  # issue 17 hook
+
+    vmconfig.add_arguments(p, "predict")
     p.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("serve", help="Prometheus exporter: live VM features in, kepler_node_cpu_watts out")
@@ -608,4 +629,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--powercap-dir", metavar="DIR",
                    help="keep a RAPL-shaped powercap tree of the modelled energy in DIR (use it as "
                         "/sys/class/powercap for RAPL readers; see docs/deploy.md)")
+    vmconfig.add_arguments(s, "serve")  # issue 17 hook
     s.set_defaults(func=cmd_serve)
