@@ -283,6 +283,8 @@ class Switch:
                 fam.samples = samples
             elif fam.name == VERSION_FAMILY and self.store is not None:
                 fam.samples = _serving(fam.samples, active)
+                fam.documentation = ("1 per zone for the model serving it (version: the name of the model_path "
+                                     "version it belongs to)")
             yield fam
         yield from self.own.collect()
 
