@@ -20,10 +20,16 @@ from typing import Any, Iterator
 
 from vmpower import lifeline
 
+# Exported model files and archives, signing keys (EP-003: models stored with restricted file
+# permissions, 600); their directories 0700.
+MODEL_MODE = 0o600
+MODEL_DIR_MODE = 0o700
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, suffix: str = "", mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+    ``mode``: the file's permissions (0o600 for models and keys, EP-003's restricted storage)."""
     target = Path(path)
     # A device, FIFO or socket (e.g. --output /dev/null) is written to, never renamed over: as
     # root, a rename would replace /dev/null itself with a regular file.
@@ -42,7 +48,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
                 shutil.copyfileobj(src, dst)
             tmp_path.unlink()
             return
-        os.chmod(tmp_path, 0o644)
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

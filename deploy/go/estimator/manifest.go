@@ -51,7 +51,8 @@ func verifyManifest(dir string) (string, error) {
 		return "", err
 	}
 	for _, entry := range entries {
-		if _, ok := listed[entry.Name()]; !ok && entry.Name() != manifestFile && entry.Type().IsRegular() {
+		if _, ok := listed[entry.Name()]; !ok && entry.Name() != manifestFile && entry.Name() != manifestFile+".sig" &&
+			entry.Type().IsRegular() {
 			return "", fmt.Errorf("%s: %s is not listed in %s (unexpected file)", dir, entry.Name(), manifestFile)
 		}
 	}

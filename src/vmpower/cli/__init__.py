@@ -43,6 +43,7 @@ COMMANDS = {
     "predict": "vmpower.serving.predict",
     "serve": "vmpower.serving.predict",
     "validate": "vmpower.serving.validate",
+    "sign": "vmpower.serving.signing",
     "gate": "vmpower.ops.gate",
     "accept-models": "vmpower.ops.gate",
     "changelog": "vmpower.ops.gate",

@@ -25,7 +25,7 @@ import zlib
 from pathlib import Path
 
 from vmpower.errors import InputError
-from vmpower.io import atomic_path, sha256_file
+from vmpower.io import MODEL_DIR_MODE, MODEL_MODE, atomic_path, sha256_file
 from vmpower.names import MANIFEST
 
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
@@ -36,7 +36,7 @@ _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 def write_zip(src_dir: Path, zip_path: Path, date_time: tuple) -> None:
     """Deterministic zip: sorted entries, fixed dates and permissions."""
-    with atomic_path(zip_path) as tmp:
+    with atomic_path(zip_path, mode=MODEL_MODE) as tmp:  # owner-only (EP-003 security)
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
             for f in sorted(p for p in src_dir.rglob("*") if p.is_file()):
                 info = zipfile.ZipInfo(f.relative_to(src_dir).as_posix(), date_time=tuple(date_time))
@@ -64,8 +64,8 @@ def write_model(files: dict[str, bytes], out_dir: Path, archive: Path, zip_date:
             (tmp_dir / fname).write_bytes(data)
         write_manifest(tmp_dir)
         for p in tmp_dir.iterdir():
-            os.chmod(p, 0o644)
-        os.chmod(tmp_dir, 0o755)
+            os.chmod(p, MODEL_MODE)  # 0600 files in a 0700 directory (docs/deploy.md)
+        os.chmod(tmp_dir, MODEL_DIR_MODE)
         write_zip(tmp_dir, archive, zip_date)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -95,7 +95,7 @@ def verify_manifest(path: Path, files: dict[str, bytes]) -> str:
             raise InputError(path, f"{name} is listed in {MANIFEST} but missing")
         if hashlib.sha256(files[name]).hexdigest() != digest:
             raise InputError(path, f"{name} does not match its sha256 in {MANIFEST} (file changed)")
-    extra = sorted(set(files) - set(listed) - {MANIFEST})
+    extra = sorted(set(files) - set(listed) - {MANIFEST, MANIFEST + ".sig"})  # the signature signs the manifest
     if extra:
         raise InputError(path, f"{extra[0]} is not listed in {MANIFEST} (unexpected file)")
     return hashlib.sha256(files[MANIFEST]).hexdigest()[:12]
@@ -157,6 +157,10 @@ def read_zip(path: Path, limits=None, names=None) -> dict[str, bytes]:
                                f"({limits.max_archive_total_bytes})")
     try:
         with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                unsafe = unsafe_name(info.filename)
+                if unsafe:
+                    raise InputError(path, f"member {info.filename!r} {unsafe}: refused (path traversal)")
             infos = [i for i in zf.infolist() if not i.is_dir() and (names is None or i.filename in names)]
             check_sizes(path, {i.filename: i.file_size for i in infos}, limits)
             out = {}
@@ -167,6 +171,18 @@ def read_zip(path: Path, limits=None, names=None) -> dict[str, bytes]:
     except ZIP_ERRORS as exc:
         raise InputError(path, f"damaged or unreadable model archive ({type(exc).__name__}: "
                                f"{' '.join(str(exc).split())[:120]})") from None
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why a member name could point outside the model (absolute, a drive, "..", a backslash or
+    NUL), or None. Nothing is ever extracted, but a model must not name such files at all."""
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "is an absolute path"
+    if "\\" in name or "\0" in name:
+        return "has a backslash or NUL"
+    if ".." in name.split("/"):
+        return "climbs out with '..'"
+    return None
 
 
 def read_model_files(path: str | Path, limits=None, names=None) -> dict[str, bytes]:

@@ -168,6 +168,9 @@ class Model:
         path = Path(path)
         files = read_artifact(path, limits)
         version = verify_manifest(path, files)
+        from vmpower.serving import signing
+
+        signing.check(path, files)  # Ed25519 over the manifest when a public key is configured
         if "metadata.json" not in files:
             raise InputError(path, "no metadata.json")
         meta = _metadata(path, files["metadata.json"], limits)

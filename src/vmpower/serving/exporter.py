@@ -298,9 +298,10 @@ class ServeOptions:
     low_confidence: str
     idle_source: object
     powercap_dir: object
+    pinning: dict | None = None  # cpu_pinning settings: enabled, isolated_cpus (serving/pinning_live.py)
 
 
-def _exporter(models, settings, options: ServeOptions, limits) -> Exporter:
+def _exporter(models, settings, options: ServeOptions, limits, make_exporter=None) -> Exporter:
     from vmpower.serving.energy import find_idle
 
     idle, where = find_idle(models, options.idle_source)
@@ -308,8 +309,9 @@ def _exporter(models, settings, options: ServeOptions, limits) -> Exporter:
         log.warning("no idle power for the node_type (%s): kepler_node_cpu_active_*/idle_* are not published", where)
     else:
         log.info("idle power per zone from %s: %s", where, ", ".join(f"{z} {w:.3g} W" for z, w in idle.items()))
-    return Exporter(models, settings, options.node_name, threshold=options.threshold,
-                    low_confidence=options.low_confidence, idle=idle, max_fields=limits.max_columns)
+    return (make_exporter or Exporter)(models, settings, options.node_name, threshold=options.threshold,
+                                       low_confidence=options.low_confidence, idle=idle,
+                                       max_fields=limits.max_columns, pinning=options.pinning)
 
 
 def _one_tick(exporter: Exporter, sampler, last_error: str | None) -> tuple[bool, str | None]:
@@ -342,7 +344,7 @@ def _serve_ticks(exporter: Exporter, sampler, schedule, ticks: list, tree, power
                 log.warning("cannot update the powercap tree %s: %s", powercap_dir, exc)
 
 
-def run_exporter(models, settings, options: ServeOptions, *, stop=None, limits=None) -> None:
+def run_exporter(models, settings, options: ServeOptions, *, stop=None, limits=None, make_exporter=None) -> None:
     """Collect live features every ``options.interval`` s with the collect layer's Sampler and
     serve /metrics until a function appended to ``stop`` is called. ``limits``:
     vmpower.limits.Limits (HTTP server, Kepler answers, record width)."""
@@ -356,7 +358,7 @@ def run_exporter(models, settings, options: ServeOptions, *, stop=None, limits=N
 
     disable_created_metrics()  # *_created series only add noise to every scrape
     limits = limits or limits_mod.defaults()
-    exporter = _exporter(models, settings, options, limits)
+    exporter = _exporter(models, settings, options, limits, make_exporter)
     tree = PowercapTree(options.powercap_dir, exporter.zones) if options.powercap_dir else None
     sampler = Sampler(options.interval, use_perf=options.use_perf, kepler_url=options.kepler_url,
                       max_http_bytes=limits.max_http_response_bytes)

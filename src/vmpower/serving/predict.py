@@ -83,9 +83,21 @@ def _request(args) -> ModelRequest:
                         output_type=args.output_type, feature_group=args.feature_group)
 
 
+def chain_from_args(args, **kw):
+    """The model chain a predict/serve command line asks for (serving.fallback.resolve_chain)."""
+    from vmpower.serving.fallback import resolve_chain
+
+    return resolve_chain(_request(args), args.config, fallback=not args.no_fallback, **kw)
+
+
 def cmd_predict(args) -> int:
     from vmpower import limits as limits_mod
+    from vmpower.serving import vmconfig
     from vmpower.serving.fallback import predict_chain, resolve_chain
+
+    vmconfig.apply(args, "predict")  # the VM's config file (flags win)
+    if args.model_versions:
+        vmconfig.pick_version(args)
 
     target = Path(args.output) if args.output else None
     if target is not None and target.suffix not in (".csv", ".parquet"):
@@ -103,19 +115,42 @@ def cmd_predict(args) -> int:
     return 0
 
 
+# python_server keys of the config file that give serve --grpc its TLS files and token.
+_GRPC_KEYS = (("grpc_tls_cert", "python_server.tls_cert_file"), ("grpc_tls_key", "python_server.tls_key_file"),
+              ("grpc_token_file", "python_server.bearer_token_file"))
+
+
+def _from_config(args, cfg) -> dict:
+    """The config file's gRPC files (where no flag gave them) and its cpu_pinning settings
+    (None: not set, so serve detects pinning from the guest's view)."""
+    for dest, key in _GRPC_KEYS:
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, cfg.given_value(key))
+    cpus = cfg.given_value("cpu_pinning.isolated_cpus")
+    return {"enabled": cfg.given_value("cpu_pinning.enabled"), "isolated_cpus": None if cpus is None else list(cpus)}
+
+
 def cmd_serve(args) -> int:
     import socket
 
     from vmpower import limits as limits_mod
     from vmpower.collect.common import stop_on_signals
+    from vmpower.serving import reload, vmconfig
     from vmpower.serving.exporter import ServeOptions, run_exporter
-    from vmpower.serving.fallback import resolve_chain
 
+    cfg = vmconfig.apply(args, "serve")  # the VM's config file (flags win), KEPLER_VM_ENERGY_ENABLED
     if args.config:  # a bad config fails first, in one line
         check_file(args.config)
     limits = limits_mod.load(args.config)
-    models = resolve_chain(_request(args), args.config, fallback=not args.no_fallback, use_perf=not args.no_perf,
-                           limits=limits)
+    if not cfg.enabled:
+        from vmpower.serving.health import serve_disabled
+
+        return serve_disabled(args, limits)
+    pinning = _from_config(args, cfg)
+    if args.model_versions:  # live model updates with rollback (serving/reload.py)
+        models, make_exporter = reload.start(args, cfg, limits, use_perf=not args.no_perf)
+    else:
+        models, make_exporter = chain_from_args(args, use_perf=not args.no_perf, limits=limits), reload.static()
     settings = [load_settings(args.config, m.metadata) for m in models]
     if args.no_perf:
         for m, s in zip(models, settings):
@@ -127,13 +162,13 @@ def cmd_serve(args) -> int:
                            node_name=args.node_name or socket.gethostname(), use_perf=not args.no_perf,
                            kepler_url=args.kepler_url, threshold=args.confidence_threshold,
                            low_confidence=args.low_confidence, idle_source=args.model,
-                           powercap_dir=args.powercap_dir)
+                           powercap_dir=args.powercap_dir, pinning=pinning)
     from vmpower.serving import grpc_bridge
 
     grpc_bridge.start_from_args(args, models, limits)  # --grpc: the same chain over TLS + token; ends with the process
     stoppers: list = []
     with stop_on_signals(lambda: [s() for s in stoppers]):
-        run_exporter(models, settings, options, stop=stoppers, limits=limits)
+        run_exporter(models, settings, options, stop=stoppers, limits=limits, make_exporter=make_exporter)
     return 0
 
 
@@ -188,11 +223,14 @@ def _serve_args(s) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from vmpower.serving import vmconfig
+
     p = sub.add_parser("predict", help="per-zone watts for a VM features file with an exported ONNX model")
     _model_args(p)
     p.add_argument("--input", required=True, help="vm_features file (JSON array or JSON Lines)")
     p.add_argument("--output", help=".csv or .parquet (default: CSV on stdout)")
     _chain_args(p)
+    vmconfig.add_arguments(p, "predict")
     p.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("serve", help="Prometheus exporter: live VM features in, kepler_node_cpu_watts out")
@@ -205,4 +243,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     from vmpower.serving.grpc_bridge import add_arguments as grpc_arguments
 
     grpc_arguments(s)
+    vmconfig.add_arguments(s, "serve")
     s.set_defaults(func=cmd_serve)
