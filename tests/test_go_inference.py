@@ -48,7 +48,9 @@ def _case(model_dir, held):
 def test_export_writes_the_native_form_go_needs(models):
     for trainer in ("GradientBoostingRegressor", "XGBRegressor"):
         doc = json.loads((models[trainer] / "trees.json").read_text())
-        assert doc["format"] == "vmpower-trees/1" and doc["features"] == sorted(ACTIVITY)
+        meta = json.loads((models[trainer] / "metadata.json").read_text())
+        assert meta["trees_file"] == "trees.json" and doc["features"] == meta["features"]
+        assert doc["format"] == "vmpower-trees/1" and set(doc["features"]) == set(ACTIVITY)
         assert set(doc["zones"]) == {"package", "core"} and all(doc["zones"][z]["trees"] for z in doc["zones"])
     for trainer in ("LinearRegression", "SGDRegressor"):
         assert (models[trainer] / "weight.json").is_file() and not (models[trainer] / "trees.json").exists()

@@ -17,9 +17,9 @@ from bench.predict_artifacts import build
 from exporter_helpers import Serve, parse, series
 from vmpower import cli
 from vmpower import limits as limits_mod
-from vmpower.pipeline.export import write_manifest
+from vmpower.pipeline.artifact import write_manifest
 from vmpower.serving import reload, signing, versions, vmconfig
-from vmpower.serving.predict import load_settings
+from vmpower.serving.live import load_settings
 
 SYS_LR = ("AbsPower", "SystemOnly", "LinearRegression")
 SYS_XGB = ("AbsPower", "SystemOnly", "XGBRegressor")

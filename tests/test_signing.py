@@ -15,7 +15,7 @@ from bench.predict_artifacts import build
 from vmpower import cli
 from vmpower.errors import InputError
 from vmpower.serving import signing
-from vmpower.serving.predict import Model
+from vmpower.serving.artifact import Model
 
 SYS_LR = ("AbsPower", "SystemOnly", "LinearRegression")
 

@@ -124,7 +124,7 @@ def test_model_load_time(benchmark, art, form):
     benchmark.pedantic(artifact.Model.load, args=(path,), rounds=10, iterations=1, warmup_rounds=1)
     s = stats_ms(benchmark.stats.stats.data)
     # A fresh process also pays the onnxruntime import: what `vmpower serve` sees at start-up.
-    code = ("import time; t = time.perf_counter(); from vmpower.serving.predict import Model; Model.load(%r); "
+    code = ("import time; t = time.perf_counter(); from vmpower.serving.artifact import Model; Model.load(%r); "
             "print(time.perf_counter() - t)" % str(path))
     cold = float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
     record(f"model_load_gbr_{form}", {**s, "cold_process_load_ms": cold * 1e3, "goal_ms": 5000})

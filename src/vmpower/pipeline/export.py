@@ -177,6 +177,25 @@ def _kepler_weights(trainer: str, bundle: dict, metadata: dict, files: dict[str,
         files[WEIGHT_FILE] = dumps_json(weights).encode()
 
 
+def _native_trees(trainer: str, metadata: dict, files: dict[str, bytes]) -> None:
+    """trees.json, the form native (Go) inference reads, for tree ensembles (pipeline/portable.py)."""
+    from vmpower.names import TREE_TRAINERS
+
+    metadata["trees_file"] = None
+    if trainer not in TREE_TRAINERS:
+        return
+    from vmpower.pipeline import portable
+
+    onnx = {z: files[f"{z}.onnx"] for z in metadata["zones"]}
+    try:
+        doc = portable.trees_json(metadata["model_name"], metadata["features"], onnx)
+    except portable.NotPortable as exc:  # recorded: the model then runs with ONNX only
+        metadata["trees_file_reason"] = str(exc)
+        return
+    files[portable.TREES_FILE] = dumps_json(doc).encode()
+    metadata["trees_file"] = portable.TREES_FILE
+
+
 def _base_metadata(name: str, trainer: str, slot: Slot, bundle: dict, report: dict, shared: dict) -> dict:
     features = bundle["features"]
     return {
@@ -220,6 +239,7 @@ def build_model(spec: dict, slot: Slot, settings: ExportSettings, recorded: dict
             metadata["status"], metadata["reason"] = failure
         else:
             _kepler_weights(trainer, bundle, metadata, files)
+            _native_trees(trainer, metadata, files)
     else:
         metadata["reason"] = report.get("reason")
     metadata["feature_report"] = report["feature_report"]

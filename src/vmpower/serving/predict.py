@@ -16,7 +16,7 @@ from pathlib import Path
 from vmpower.configcheck import check_file
 from vmpower.errors import InputError
 from vmpower.names import power_column
-from vmpower.serving.artifact import Model, read_artifact, verify_manifest  # noqa: F401 (pipeline.kepler_db)
+from vmpower.serving.artifact import Model, read_artifact, verify_manifest  # noqa: F401 (the command module names them too)
 from vmpower.serving.fallback import DEFAULT_CONFIDENCE_THRESHOLD
 from vmpower.serving.live import for_model, frame_features, load_settings, model_matrix, perf_inputs
 from vmpower.serving.selection import DEFAULT_OUTPUT_TYPE, ModelRequest
