@@ -110,7 +110,9 @@ def cmd_serve(args) -> int:
     from vmpower.collect.common import stop_on_signals
     from vmpower.serving.exporter import ServeOptions, run_exporter
     from vmpower.serving.fallback import resolve_chain
+    from vmpower.serving.footprint import defer
 
+    defer()  # pandas only when used: serve's live path does not (vmpower.serving.footprint)
     if args.config:  # a bad config fails first, in one line
         check_file(args.config)
     limits = limits_mod.load(args.config)
