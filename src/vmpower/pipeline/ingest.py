@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 
 from vmpower.errors import InputError
+
+# pyarrow is imported in the functions that read files: `vmpower serve` imports this module's
+# contract but never reads a file, and pyarrow alone is ~35 MB of its RSS (docs/performance.md).
 
 ZONE_PREFIX = "total_cpu_watts_"
 HOST_DROP = ("vms", "vm_filter")  # nested / text columns the pipeline does not use
@@ -69,6 +69,9 @@ def _read_json_array(path: Path, start: int, end: int) -> pa.Table:
     """Parse a JSON array file in one columnar pass: the array is wrapped as one object
     ``{"rows": [...]}`` in a single buffer filled straight from the file (one copy of the input,
     no Python object per row)."""
+    import pyarrow as pa
+    import pyarrow.json as pajson
+
     prefix, suffix = b'{"rows":', b"}\n"
     n = end - start
     buf = bytearray(len(prefix) + n + len(suffix))
@@ -114,6 +117,9 @@ def _read_json_file(path: Path, limits=None) -> tuple[pa.Table, dict]:
 
 
 def _read_json_bytes(path: Path, data: bytes) -> tuple[pa.Table, dict]:
+    import pyarrow as pa
+    import pyarrow.json as pajson
+
     notes: dict = {}
     stripped = data.strip()
     if not stripped:
@@ -171,6 +177,8 @@ def _short(exc: Exception) -> str:
 
 
 def _to_frame(table: pa.Table, drop: tuple[str, ...] = ()) -> pd.DataFrame:
+    import pyarrow as pa
+
     keep = [name for name in table.column_names if name not in drop]
     table = table.select(keep)
     # Nested values (lists, structs) are bookkeeping, not features.
@@ -201,6 +209,8 @@ def read_vm_features(path: str | Path, limits=None) -> RawTable:
 
 
 def read_host_power(path: str | Path, limits=None) -> RawTable:
+    import pyarrow as pa
+
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
@@ -249,6 +259,9 @@ def _repeated_headers(fh, header: bytes) -> list[int]:
 
 def _read_csv(path: Path, source, keep) -> tuple[pa.Table, dict]:
     """One CSV (a file, or one part of a concatenated file) as an Arrow table."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     notes: dict = {}
 
     def read(iso_type):
@@ -288,6 +301,8 @@ def _read_csv(path: Path, source, keep) -> tuple[pa.Table, dict]:
 
 def _cut_last_line(source) -> pa.Buffer | None:
     """The CSV (a path or a buffer) without its last line when that line lacks its newline."""
+    import pyarrow as pa
+
     data = source.to_pybytes() if isinstance(source, pa.Buffer) else Path(source).read_bytes()
     if not data or data[-1:] == b"\n":
         return None
@@ -328,6 +343,7 @@ def _ns_seconds(stamps: np.ndarray) -> np.ndarray:
 def _arrow_naive(iso: pd.Series) -> np.ndarray | None:
     """Naive 'YYYY-mm-dd[T ]HH:MM:SS[.f]' strings parsed by Arrow (C++); None when any value is
     something else (offsets, missing, malformed), which the checked pandas path then reports."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     try:

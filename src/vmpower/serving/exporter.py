@@ -353,7 +353,7 @@ def run_exporter(models, settings, options: ServeOptions, *, stop=None, limits=N
     from vmpower import limits as limits_mod
     from vmpower.collect.common import Schedule
     from vmpower.collect.sampler import Sampler
-    from vmpower.serving import metrics_http
+    from vmpower.serving import footprint, metrics_http
     from vmpower.serving.powercap import PowercapTree
 
     disable_created_metrics()  # *_created series only add noise to every scrape
@@ -373,6 +373,7 @@ def run_exporter(models, settings, options: ServeOptions, *, stop=None, limits=N
         raise InputError(f"{options.address}:{options.port}", f"cannot listen ({exc.strerror or exc})") from None
     log.info("serving %s on http://%s:%d/metrics (interval %.3g s)", ", ".join(m.name for m in exporter.models),
              options.address, options.port, options.interval)
+    log.debug("third-party packages loaded: %s", " ".join(footprint.loaded_packages()))
     schedule = Schedule(options.interval, None)
     if stop is not None:
         stop.append(schedule.stop)

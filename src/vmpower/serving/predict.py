@@ -137,7 +137,9 @@ def cmd_serve(args) -> int:
     from vmpower.collect.common import stop_on_signals
     from vmpower.serving import reload, vmconfig
     from vmpower.serving.exporter import ServeOptions, run_exporter
+    from vmpower.serving.footprint import defer
 
+    defer()  # pandas only when used: serve's live path does not (vmpower.serving.footprint)
     cfg = vmconfig.apply(args, "serve")  # the VM's config file (flags win), KEPLER_VM_ENERGY_ENABLED
     if args.config:  # a bad config fails first, in one line
         check_file(args.config)
