@@ -8,6 +8,7 @@ rule report_markdown:
         best=PATHS["best"],
         datasets=expand(PATHS["dataset_summary"], node_type=NODE_TYPES),
         isolation=expand(PATHS["isolation"], node_type=NODE_TYPES),
+        pinning=expand(PATHS["pinning_md"], node_type=NODE_TYPES),
         code=stage_sources("vmpower.pipeline.report"),
     output:
         PATHS["report_md"],
@@ -20,7 +21,8 @@ rule report_markdown:
         CONDA_ENV
     shell:
         "{params.vmpower} report --summary {input.summary:q} --best {input.best:q} --datasets {input.datasets:q}"
-        " --isolation {input.isolation:q} --layout-problems {params.layout_problems:q} --output {output:q} > {log:q} 2>&1"
+        " --isolation {input.isolation:q} --pinning {input.pinning:q} --layout-problems {params.layout_problems:q}"
+        " --output {output:q} > {log:q} 2>&1"
 
 
 rule report_quality:

@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--datasets", nargs="*", default=[])
     p.add_argument("--isolation", nargs="*", default=[])
     p.add_argument("--layout-problems", nargs="*", default=[], help="one line per broken run (not built)")
+    p.add_argument("--pinning", nargs="*", default=[], help="the node_types' pinning sections (vmpower pinning --markdown)")
     p.add_argument("--output", required=True)
     p.set_defaults(func=markdown.cmd_report)
 

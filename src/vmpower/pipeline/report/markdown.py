@@ -85,5 +85,8 @@ def cmd_report(args) -> int:
         head, rest = text.split("\n", 1)
         lines = "".join(f"- `{p}`\n" for p in args.layout_problems)
         text = f"{head}\n\n## Not built: runs with a layout problem (their node_types are left out)\n\n{lines}{rest}"
+    if args.pinning:  # EP-003 FR5: would CPU pinning help? (vmpower pinning, one section per node_type)
+        text += "\n## CPU pinning recommendation (EP-003 FR5)\n\n" + "\n".join(
+            Path(p).read_text() for p in sorted(args.pinning))
     write_text(text, args.output)
     return 0
