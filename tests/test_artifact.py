@@ -6,20 +6,11 @@ import shutil
 import pandas as pd
 import pytest
 
-from serving_helpers import ACT_LR, DYN_LR, SYS_GBR, SYS_LR, SYS_XGB, _copy, _rewrite_manifest, artifacts
+from serving_helpers import ACT_LR, DYN_LR, SYS_GBR, SYS_LR, SYS_XGB, _copy, _rewrite_manifest
 from vmpower.errors import InputError
 from vmpower.names import MANIFEST
 from vmpower.serving import artifact, live
 
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return artifacts(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def settings(art):
-    return live.load_settings(str(art["config"]))
 
 
 def test_untouched_model_and_archive_load(art):

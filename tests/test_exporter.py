@@ -16,7 +16,7 @@ import pytest
 from bench.predict_artifacts import NODE_TYPE
 from exporter_helpers import Serve, need, parse, series
 from serving_helpers import (ACT_LR, CNT_LR, DYN_LR, PERF_FIELDS, SYS_GBR, SYS_XGB, _chain, _records, _sample, _series,  # noqa: F401
-                             _watts, _who, artifacts)
+                             _watts, _who)
 from vmpower.serving import artifact, live, predict
 from vmpower.serving.energy import find_idle
 from vmpower.serving.exporter import Exporter
@@ -26,15 +26,6 @@ PERF = ("cpu_cycles", "instructions", "cache_references", "cache_misses", "branc
 NODE = ("kepler_node_cpu_joules_total", "kepler_node_cpu_watts", "kepler_node_cpu_active_joules_total",
         "kepler_node_cpu_active_watts", "kepler_node_cpu_idle_joules_total", "kepler_node_cpu_idle_watts")
 
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return artifacts(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def settings(art):
-    return live.load_settings(str(art["config"]))
 
 
 def _family(registry, name) -> dict:

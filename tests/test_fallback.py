@@ -5,20 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from serving_helpers import (CNT_LR, _best_label, _chain, _groups, _records, _records_of, _strip_perf, _variant,
-                             artifacts)
+from serving_helpers import (CNT_LR, _best_label, _chain, _groups, _records, _records_of, _strip_perf, _variant)
 from bench.predict_artifacts import NODE_TYPE
 from vmpower.serving import exporter, fallback, live
 
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return artifacts(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def settings(art):
-    return live.load_settings(str(art["config"]))
 
 
 def test_fallback_chain_orders_groups_by_mae_and_skips_perf_models_without_perf(art):

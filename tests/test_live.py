@@ -6,19 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving_helpers import PERF_FIELDS, _records, artifacts
+from serving_helpers import PERF_FIELDS, _records
 from vmpower.errors import InputError
 from vmpower.serving import live
 
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return artifacts(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def settings(art):
-    return live.load_settings(str(art["config"]))
 
 
 def _reference_features(prev, cur, settings):

@@ -18,21 +18,12 @@ import yaml
 
 from bench.predict_artifacts import NODE_TYPE
 from serving_helpers import (CNT_LR, PERF_FIELDS, SYS_GBR, SYS_LR, SYS_XGB, _best_label, _copy, _records,  # noqa: F401
-                             _strip_perf, _variant, artifacts)
+                             _strip_perf, _variant)
 from vmpower import cli
 from vmpower.serving import artifact, exporter, live, predict, selection
 from vmpower.errors import InputError
 
 
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return artifacts(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def settings(art):
-    return live.load_settings(str(art["config"]))
 
 
 def _native(art, key):

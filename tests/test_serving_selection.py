@@ -7,21 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from serving_helpers import SYS_LR, _best_label, artifacts
+from serving_helpers import SYS_LR, _best_label
 from bench.predict_artifacts import NODE_TYPE
 from vmpower import cli
 from vmpower.errors import InputError
 from vmpower.serving import live, selection
 
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return artifacts(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def settings(art):
-    return live.load_settings(str(art["config"]))
 
 
 def test_select_by_node_type_and_exact_spec(art, caplog):
