@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build vmpower's container images offline and pin them in containers/images.lock.json.
 #
-#   scripts/build-images.sh                  # docker (default): base, wheelhouse, both images
+#   scripts/build-images.sh                  # docker (default): base, wheelhouse, all three images
 #   ENGINE=podman scripts/build-images.sh    # the same with podman (podman build --timestamp 0)
 #   NO_CACHE=1 scripts/build-images.sh       # rebuild the images without the layer cache
 #   IMAGES=pipeline scripts/build-images.sh  # only some images
@@ -14,7 +14,8 @@
 #      vmpower-base:bookworm.
 #   4. Wheelhouse: build/wheelhouse/<image>/ via `pip download --require-hashes --no-deps`
 #      from envs/<image>.lock (pip reads the machine's pip config), for cp311 manylinux x86_64.
-#   5. Images: `build --network none` from a context holding only that wheelhouse and the lock.
+#   5. Images: `build --network none` from a context holding only that wheelhouse and the lock
+#      (and, for the serve image, the checkout's src/vmpower, schemas/ and config.yaml).
 #   6. containers/images.lock.json: image IDs (and the inputs they were built from).
 # Timings of each phase are printed and written to build/images-timings.txt.
 set -euo pipefail
@@ -23,7 +24,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 ENGINE=${ENGINE:-docker}
-IMAGES=${IMAGES:-pipeline collect}
+IMAGES=${IMAGES:-pipeline collect serve}
 NO_CACHE=${NO_CACHE:-}
 SUITE=${SUITE:-bookworm}
 BUILD=${BUILD_DIR:-$ROOT/build}
@@ -218,13 +219,27 @@ except (OSError, KeyError, ValueError):
 PY
 }
 
+# The vmpower files the serve image contains (sorted, relative): the package, the schemas and
+# config.yaml that vmpower.paths finds next to it. From git when this is a checkout (tracked
+# and untracked-but-not-ignored files as they are in the work tree), else every file.
+app_files() {
+  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files -co --exclude-standard -- src/vmpower schemas config.yaml
+  else
+    find src/vmpower schemas config.yaml -type f
+  fi | grep -v -e '/__pycache__/' -e '\.pyc$' | while IFS= read -r f; do if [ -f "$f" ]; then printf '%s\n' "$f"; fi; done | LC_ALL=C sort
+}
+
 for image in $IMAGES; do
   phase_start "image $image"
   dockerfile=containers/Dockerfile.$image
   [ -f "$dockerfile" ] || die "$dockerfile missing"
   lockfile=envs/$image.lock
-  # Everything the image is built from; a change to any of them means a rebuild.
-  inputs=$( { sha256sum "$dockerfile" "$lockfile" containers/build-tools.lock | cut -d' ' -f1; echo "$BASE_SHA"; } | sha256sum | cut -d' ' -f1)
+  # Everything the image is built from; a change to any of them means a rebuild (for serve
+  # also the vmpower source it contains).
+  source_sha=""
+  [ "$image" != serve ] || source_sha=$(app_files | xargs -d '\n' sha256sum | sha256sum | cut -d' ' -f1)
+  inputs=$( { sha256sum "$dockerfile" "$lockfile" containers/build-tools.lock | cut -d' ' -f1; echo "$BASE_SHA"; [ -z "$source_sha" ] || echo "$source_sha"; } | sha256sum | cut -d' ' -f1)
   old_id=$(read_lock_field "$image" id)
   if [ -z "$NO_CACHE" ] && [ "$(read_lock_field "$image" inputs)" = "$inputs" ] && [ -n "$old_id" ] \
      && "$DOCKER" image inspect "$old_id" >/dev/null 2>&1; then
@@ -238,6 +253,14 @@ for image in $IMAGES; do
     cp -al "$BUILD/wheelhouse/tools/." "$ctx/wheels/"
     cp "$lockfile" "$ctx/requirements.lock"
     cp containers/build-tools.lock "$ctx/build-tools.lock"
+    # The deployment image contains the source: the checkout's files (tracked or not ignored),
+    # with fixed modes and mtimes so the same tree gives the same layer.
+    if [ -n "$source_sha" ]; then
+      mkdir -p "$ctx/app"
+      app_files | xargs -d '\n' cp --parents -t "$ctx/app"
+      find "$ctx/app" -type d -exec chmod 0755 {} + ; find "$ctx/app" -type f -exec chmod 0644 {} +
+      find "$ctx/app" -exec touch -h -d @0 {} +
+    fi
     args=(build --network none --build-arg "BASE_IMAGE=$BASE_TAG" --label "org.vmpower.inputs=$inputs"
           -t "vmpower-$image:latest" -f "$dockerfile")
     if [ "$ENGINE" = podman ]; then
@@ -253,9 +276,9 @@ for image in $IMAGES; do
     note="built"
   fi
   size=$("$DOCKER" image inspect --format '{{.Size}}' "$IMAGE_ID")
-  python3 - "$LOCK_JSON" "$image" "$ENGINE" "$IMAGE_ID" "$inputs" "$size" "$BASE_SHA" "$lockfile" "$dockerfile" <<'PY'
+  python3 - "$LOCK_JSON" "$image" "$ENGINE" "$IMAGE_ID" "$inputs" "$size" "$BASE_SHA" "$lockfile" "$dockerfile" "$source_sha" <<'PY'
 import hashlib, json, os, sys
-path, image, engine, image_id, inputs, size, base_sha, lockfile, dockerfile = sys.argv[1:]
+path, image, engine, image_id, inputs, size, base_sha, lockfile, dockerfile, source_sha = sys.argv[1:]
 try:
     data = json.load(open(path))
 except (OSError, ValueError):
@@ -270,6 +293,8 @@ entry["dockerfile"] = dockerfile
 old = entry.get(engine, {})
 new = {"id": image_id, "inputs": inputs, "size_bytes": int(size), "base_tar_sha256": base_sha,
        "env_lock_sha256": hashlib.sha256(open(lockfile, "rb").read()).hexdigest()}
+if source_sha:  # the vmpower source baked into the image (scripts/build-images.sh app_files)
+    new["source_sha256"] = source_sha
 entry[engine] = new
 # A pushed manifest describes one build; drop it once that build is replaced.
 if entry.get("manifest_of", {}).get("engine") == engine and entry["manifest_of"].get("id") != image_id:
