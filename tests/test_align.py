@@ -120,6 +120,43 @@ def test_search_offset_finds_the_shift_of_a_step_signal():
     assert align.search_offset(a, b, x, lo, hi, label, np.ones(len(lo), bool), None, _Search, {}) == 0.0
 
 
+def exact_search(a, b, x, lo, hi, label, usable, s):
+    """search_offset as it was: every offset's R with the windows themselves shifted."""
+    step = float(s.offset_step_seconds)
+    n = int(round(float(s.offset_search_seconds) / step))
+    offsets = step * np.arange(-n, n + 1)
+    corr = []
+    for d in offsets:
+        m = align.interval_means(a + d, b + d, x, lo, hi)[0]
+        m[~usable] = np.nan
+        corr.append(align._fit_r(m, label))
+    corr = np.array(corr)
+    best = int(np.nanargmax(corr))
+    return (float(offsets[best]) if corr[best] >= s.min_offset_correlation else 0.0), corr[best], corr[n]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_search_offset_equals_the_exact_search(seed):
+    """Ranking on shifted bounds, exact R for the near-best: the same offset and the same R
+    (to the bit) as shifting the windows for every offset, on jittered windows and a flat label."""
+    rng = np.random.default_rng(seed)
+    b = np.cumsum(1.0 + rng.normal(0.002, 0.0015, 600))
+    a = b - np.diff(b, prepend=b[0] - 1.0)
+    x = np.column_stack([np.repeat(rng.uniform(0, 100, 200), 3), rng.uniform(0, 1, 600)])
+    x[rng.integers(0, 600, 10), 0] = np.nan
+    lo = np.arange(5.3, b[-1] - 10, 4.9)
+    hi = lo + 4.9
+    usable = rng.random(len(lo)) > 0.1
+    true = rng.uniform(-0.9, 0.9)
+    label = align.interval_means(a + true, b + true, x, lo, hi)[0] @ [2.0, 5.0] + (seed == 5) * rng.normal(0, 400, len(lo))
+    info = {}
+    got = align.search_offset(a, b, x, lo, hi, label, usable, [0, 1], _Search, info)
+    want, r_best, r_zero = exact_search(a, b, x, lo, hi, label, usable, _Search)
+    assert got == want
+    assert info["offset_correlation"] == round(float(r_best), 6)
+    assert info["offset_correlation_at_zero"] == round(float(r_zero), 6)
+
+
 def test_clocks_pair_naive_and_epoch_times_only_with_a_known_offset(tmp_path):
     naive, epoch = {"naive": np.array([3600.0])}, {"epoch": np.array([0.0])}
     assert align.with_utc_offset(naive, None) is naive

@@ -68,53 +68,92 @@ def has_kepler_steps(u: np.ndarray, dt_vm: np.ndarray) -> bool:
 def interval_means(a: np.ndarray, b: np.ndarray, values: np.ndarray, lo: np.ndarray, hi: np.ndarray):
     """Time-weighted means over (lo, hi] of values that hold over the sample windows (a, b]
     (sorted, non-overlapping; NaN rows count as not covered). Returns (means, covered seconds)."""
-    ok = np.isfinite(values).all(axis=1)
-    width = np.where(ok, b - a, 0.0)
-    v = np.where(ok[:, None], values, 0.0)
-    cum_v = np.vstack([np.zeros((1, v.shape[1])), np.cumsum(v * width[:, None], axis=0)])
-    cum_w = np.concatenate([[0.0], np.cumsum(width)])
+    return _Sums(a, b, values).means(lo, hi)
 
-    def integral(x):
+
+class _Sums:
+    """The running sums of interval_means for one set of windows: built once, then evaluated at
+    any interval bounds (search_offset shifts the bounds instead of the windows)."""
+
+    def __init__(self, a, b, values):
+        self.a, self.b, self.span = a, b, b - a
+        self.ok = np.isfinite(values).all(axis=1)
+        width = np.where(self.ok, self.span, 0.0)
+        self.v = np.where(self.ok[:, None], values, 0.0)
+        self.cum_v = np.zeros((len(a) + 1, self.v.shape[1]))  # a leading row of zeros, then the running sums
+        np.cumsum(self.v * width[:, None], axis=0, out=self.cum_v[1:])
+        self.cum_w = np.concatenate([[0.0], np.cumsum(width)])
+
+    def integral(self, x):
+        a, b = self.a, self.b
         i = np.searchsorted(b, x, side="left")  # windows ending before x count fully
         j = np.minimum(i, len(b) - 1)
-        part = np.where(i < len(b), np.clip(x - a[j], 0.0, (b - a)[j]), 0.0) * ok[j]
-        return cum_v[i] + v[j] * part[:, None], cum_w[i] + part
+        part = np.where(i < len(b), np.clip(x - a[j], 0.0, self.span[j]), 0.0) * self.ok[j]
+        return self.cum_v[i] + self.v[j] * part[:, None], self.cum_w[i] + part
 
-    (v_hi, w_hi), (v_lo, w_lo) = integral(hi), integral(lo)
-    covered = w_hi - w_lo
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (v_hi - v_lo) / covered[:, None], covered
+    def means(self, lo, hi):
+        if len(lo) > 1 and np.array_equal(lo[1:], hi[:-1]):  # back-to-back intervals: each bound once
+            v, w = self.integral(np.r_[lo, hi[-1:]])
+            (v_hi, w_hi), (v_lo, w_lo) = (v[1:], w[1:]), (v[:-1], w[:-1])
+        else:
+            (v_hi, w_hi), (v_lo, w_lo) = self.integral(hi), self.integral(lo)
+        covered = w_hi - w_lo
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (v_hi - v_lo) / covered[:, None], covered
 
 
-def _fit_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Multiple correlation R of an OLS fit (with intercept) of y on x[i] for each i, over the
-    rows where x[i] and y are finite (NaN when fewer than 10 rows). x: [k, n, p]."""
-    out = np.full(x.shape[0], np.nan)
-    for i in range(x.shape[0]):  # a few dozen offsets, each a small least-squares fit
-        ok = np.isfinite(x[i]).all(axis=1) & np.isfinite(y)
-        if ok.sum() < 10:
-            continue
-        X = np.column_stack([np.ones(ok.sum()), x[i][ok]])
-        yy = y[ok]
-        resid = yy - X @ np.linalg.lstsq(X, yy, rcond=None)[0]
-        ss = float(((yy - yy.mean()) ** 2).sum())
-        out[i] = np.sqrt(max(0.0, 1.0 - float(resid @ resid) / ss)) if ss > 0 else np.nan
-    return out
+def _fit_r(x: np.ndarray, y: np.ndarray) -> float:
+    """Multiple correlation R of an OLS fit (with intercept) of y on x, over the rows where x
+    and y are finite (NaN when fewer than 10 rows). x: [n, p]."""
+    ok = np.isfinite(x).all(axis=1) & np.isfinite(y)
+    if ok.sum() < 10:
+        return np.nan
+    X = np.column_stack([np.ones(ok.sum()), x[ok]])
+    yy = y[ok]
+    resid = yy - X @ np.linalg.lstsq(X, yy, rcond=None)[0]
+    ss = float(((yy - yy.mean()) ** 2).sum())
+    return np.sqrt(max(0.0, 1.0 - float(resid @ resid) / ss)) if ss > 0 else np.nan
+
+
+# How far the shifted-bounds R (search_offset's ranking) may be below the best and still have
+# its exact R computed: the two differ by rounding (~1e-12), far less than this.
+_RANK_MARGIN = 1e-6
 
 
 def search_offset(a, b, feats, lo, hi, label, usable, lag_cols, s, info: dict) -> float:
     """The guest clock offset in +-``offset_search_seconds`` (steps of ``offset_step_seconds``)
     at which an OLS fit of ``label`` on the interval means of ``feats[:, lag_cols]`` is best
     (multiple correlation R over the ``usable`` intervals); 0 without lag columns, and when R
-    stays below ``min_offset_correlation``. Records the correlations in ``info``."""
+    stays below ``min_offset_correlation``. Records the correlations in ``info``.
+
+    The windows shifted by d against fixed intervals are ranked as the fixed windows against
+    intervals shifted by -d (one set of running sums for all offsets); R is then computed
+    exactly (windows shifted) for the offsets within _RANK_MARGIN of the best and for 0."""
     if not lag_cols or float(s.offset_search_seconds) <= 0:
         return 0.0
     step = float(s.offset_step_seconds)
     n = int(round(float(s.offset_search_seconds) / step))
     offsets = step * np.arange(-n, n + 1)
-    x = np.stack([interval_means(a + d, b + d, feats[:, lag_cols], lo, hi)[0] for d in offsets])
-    x[:, ~usable] = np.nan
-    corr = _fit_r(x, label)
+    x = feats[:, lag_cols]
+
+    def exact_r(d):
+        m = interval_means(a + d, b + d, x, lo, hi)[0]
+        m[~usable] = np.nan
+        return _fit_r(m, label)
+
+    sums = _Sums(a, b, x)
+    rank = np.full(len(offsets), np.nan)
+    for k, d in enumerate(offsets):
+        m = sums.means(lo - d, hi - d)[0]
+        m[~usable] = np.nan
+        rank[k] = _fit_r(m, label)
+    corr = np.full(len(offsets), np.nan)
+    if np.isfinite(rank).any():
+        near = np.flatnonzero(rank >= np.nanmax(rank) - _RANK_MARGIN)
+    else:
+        near = np.arange(len(offsets))  # nothing to rank by: every offset exactly
+    for k in sorted({*near.tolist(), n}):
+        corr[k] = exact_r(offsets[k])
     best = int(np.nanargmax(corr)) if np.isfinite(corr).any() else n
     info.update({"offset_correlation": None if not np.isfinite(corr[best]) else round(float(corr[best]), 6),
                  "offset_correlation_at_zero": None if not np.isfinite(corr[n]) else round(float(corr[n]), 6)})

@@ -104,12 +104,18 @@ def _read_json_array(path: Path, start: int, end: int) -> pa.Table:
 def _read_json_file(path: Path, limits=None) -> tuple[pa.Table, dict]:
     from vmpower import jsonguard
     from vmpower import limits as limits_mod
+    from vmpower.pipeline import jsonarray
 
     size = path.stat().st_size
     if size == 0:
         raise InputError(path, "empty file")
+    limits = limits or limits_mod.defaults()
+    if size >= jsonarray.MIN_BYTES:
+        table = jsonarray.read_file(path, size, limits, _json_array_bounds)  # two halves at once
+        if table is not None:
+            return table, {}
     # Depth and width first: deep nesting crashes the parser, a huge width makes it crawl.
-    jsonguard.check_file(path, limits or limits_mod.defaults())
+    jsonguard.check_file(path, limits)
     bounds = _json_array_bounds(path, size)
     if bounds is not None:
         return _read_json_array(path, *bounds), {}

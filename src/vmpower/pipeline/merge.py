@@ -113,8 +113,7 @@ def _read_pair(vm_path, host_path, s: MergeSettings):
     from vmpower import limits as limits_mod
 
     bounds = limits_mod.from_section(s.limits)
-    vm_raw = ingest.read_vm_features(vm_path, bounds)
-    host_raw = ingest.read_host_power(host_path, bounds)
+    vm_raw, host_raw = _read_both(vm_path, host_path, bounds)
     vm_path, host_path = vm_raw.path, host_raw.path
 
     zones_present = ingest.zones_in(host_raw.df)
@@ -135,6 +134,22 @@ def _read_pair(vm_path, host_path, s: MergeSettings):
     host_raw, host_times = tidy.sort_dedupe(host_raw, host_times, base)
     _check_required_features(vm_raw, s)
     return vm_raw, host_raw, zones, vm_times, host_times, base
+
+
+def _read_both(vm_path, host_path, bounds) -> tuple[ingest.RawTable, ingest.RawTable]:
+    """Both files read at once: the host file on a thread while this one scans and parses the
+    VM file (pyarrow and numpy release the GIL; the JSON parser uses one core). The VM file's
+    error is raised first, as when they were read one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="host-read") as pool:
+        host = pool.submit(ingest.read_host_power, host_path, bounds)
+        try:
+            vm_raw = ingest.read_vm_features(vm_path, bounds)
+        except BaseException:
+            host.cancel()
+            raise
+        return vm_raw, host.result()
 
 
 def _check_required_features(vm_raw, s: MergeSettings) -> None:

@@ -1,0 +1,74 @@
+"""jsonarray.py: a large JSON array read in two halves gives the table one parse gives."""
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from vmpower import limits
+from vmpower.errors import InputError
+from vmpower.pipeline import ingest, jsonarray
+
+
+def write_array(path, recs, sep=",\n"):
+    path.write_text("[\n" + sep.join(json.dumps(r) for r in recs) + "\n]\n")
+    return path
+
+
+def whole(path):
+    start, end = ingest._json_array_bounds(path, path.stat().st_size)
+    return ingest._read_json_array(path, start, end)
+
+
+def halves(path):
+    start, end = ingest._json_array_bounds(path, path.stat().st_size)
+    return jsonarray.read(path, start, end, limits.defaults())
+
+
+def test_halves_equal_one_parse_with_types_unified(tmp_path):
+    recs = [{"t": i, "x": None, "s": "a", "flag": True} for i in range(50)]
+    recs += [{"t": i + 0.5, "x": 1.5, "s": "b", "late": "only here", "flag": False} for i in range(50)]
+    path = write_array(tmp_path / "vm.json", recs)
+    got, want = halves(path), whole(path)
+    assert got is not None and got.schema == want.schema and got.equals(want)
+    assert got.schema.field("t").type == pa.float64() and got.column_names[-1] == "late"
+
+
+@pytest.mark.parametrize("case", ["no_boundary", "nested_boundary", "mixed_types", "not_objects"])
+def test_falls_back_when_halves_could_differ(tmp_path, case):
+    if case == "no_boundary":
+        path = write_array(tmp_path / "vm.json", [{"a": i} for i in range(20)], sep=", ")
+    elif case == "nested_boundary":
+        path = tmp_path / "vm.json"
+        inner = ",\n".join(json.dumps({"x": i}) for i in range(40))
+        path.write_text('[{"a": [' + inner + "]}]")
+    elif case == "mixed_types":
+        path = write_array(tmp_path / "vm.json", [{"a": 1} for _ in range(20)] + [{"a": "s"} for _ in range(20)])
+    else:
+        path = tmp_path / "vm.json"
+        path.write_text("[\n" + ",\n".join("[1]" for _ in range(20)) + "\n]")
+    assert halves(path) is None
+
+
+def test_ingest_uses_halves_for_large_files_with_the_same_frame(tmp_path, monkeypatch):
+    recs = [{"timestamp_absolute": 1e9 + i, "cpu_utilization": i % 7, "note": "x"} for i in range(300)]
+    path = write_array(tmp_path / "vm.json", recs)
+    small = ingest.read_vm_features(path)
+    calls = []
+    real = jsonarray.read
+    monkeypatch.setattr(jsonarray, "MIN_BYTES", 0)
+    monkeypatch.setattr(jsonarray, "read", lambda *a: calls.append(1) or real(*a))
+    big = ingest.read_vm_features(path)
+    assert calls and big.df.equals(small.df) and list(big.df.columns) == list(small.df.columns)
+
+
+def test_limits_hold_in_halves(tmp_path, monkeypatch):
+    """A broken limit in either half: the whole-file check's one line, the parser never sees it."""
+    monkeypatch.setattr(jsonarray, "MIN_BYTES", 0)
+    recs = [{"a": i} for i in range(20)] + [{"deep": json.loads("[" * 100 + "]" * 100)}] + [{"a": 1}] * 20
+    path = write_array(tmp_path / "vm.json", recs)
+    with pytest.raises(InputError, match="max_json_depth"):
+        ingest.read_vm_features(path)
+    wide = [{"a": i} for i in range(20)] + [{f"c{i}": 1 for i in range(10_001)}]
+    with pytest.raises(InputError, match="max_columns"):
+        ingest.read_vm_features(write_array(tmp_path / "wide.json", wide))
