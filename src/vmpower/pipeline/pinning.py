@@ -26,6 +26,7 @@ import logging
 from pathlib import Path
 
 from vmpower.errors import InputError
+from vmpower.names import power_column
 
 log = logging.getLogger("vmpower.pipeline.pinning")
 
@@ -77,11 +78,12 @@ def residual_spread(holdout, zone: str) -> dict[str, float]:
     """Per run: std(pred - power) / mean(power) of ``zone`` on held-out rows."""
     import numpy as np
 
-    need = {"run_id", f"power_{zone}", f"pred_{zone}"}
+    power = power_column(zone)
+    need = {"run_id", power, f"pred_{zone}"}
     if not need <= set(holdout.columns):
         raise ValueError(f"needs columns {', '.join(sorted(need - set(holdout.columns)))}")
-    r = holdout[f"pred_{zone}"] - holdout[f"power_{zone}"]
-    g = holdout.assign(_r=r, _p=holdout[f"power_{zone}"].abs()).groupby("run_id", sort=True)
+    r = holdout[f"pred_{zone}"] - holdout[power]
+    g = holdout.assign(_r=r, _p=holdout[power].abs()).groupby("run_id", sort=True)
     spread = g["_r"].std(ddof=0) / g["_p"].mean()
     return {k: float(v) for k, v in spread.items() if np.isfinite(v)}
 

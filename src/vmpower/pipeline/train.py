@@ -19,7 +19,7 @@ import pandas as pd
 from vmpower import settings as settings_mod
 from vmpower.errors import InputError
 from vmpower.io import atomic_path, write_json, write_parquet
-from vmpower.names import POWER_PREFIX, power_column, zone_of
+from vmpower.names import META_COLUMNS, POWER_PREFIX, power_column, zone_of
 from vmpower.pipeline.trainers import TRAINERS, fit_notes, fit_pipeline
 
 
@@ -45,7 +45,6 @@ class TrainSettings(settings_mod.Section):
     def grid_of(self, trainer: str) -> dict:
         return dict(self.search.get(trainer, {}))
 
-META_COLUMNS = {"run_id", "time", "t_rel", "time_delta_seconds", "stress_workload", "n_host_samples", "time_diff"}
 
 
 # ---------------------------------------------------------------- features
