@@ -57,7 +57,7 @@ def test_a_missing_file_is_one_line(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("merge:\n  time_tolerence: 1\n", "merge.time_tolerence: unknown key (did you mean time_tolerance?)"),
     ("bogus: 1\n", "bogus: unknown key (known keys: containers, export, features, gate, ingest, isolate, limits, "
-                   "merge, raw_dir, required_zones, results_dir, runtime, synth, train, zones)"),
+                   "merge, raw_dir, required_zones, results_dir, runtime, synth, train, validate, zones)"),
     ("merge:\n  time_tolerance: abc\n", "merge.time_tolerance: must be of type number, got 'abc'"),
     ("merge:\n  time_tolerance: -1\n", "merge.time_tolerance: -1 is less than or equal to the minimum of 0"),
     ("merge:\n  alignment: windo\n",
@@ -90,7 +90,7 @@ def test_schema_problem_of_a_whole_config():
     problem = configcheck.schema_problem(whole)
     assert problem == configcheck.Problem(("merge", "power_zone"), "required key missing")
     assert configcheck.schema_problem(whole, partial=True) is None
-    assert configcheck.config_problem({"raw_dir": "x"}, check_params=False).text() == "results_dir: required key missing"
+    assert configcheck.config_problem({"raw_dir": "x"}).text() == "results_dir: required key missing"
 
 
 def test_key_path_and_problem_text():
