@@ -119,12 +119,6 @@ def rollbacks(sw) -> dict:
             if m.name == "kepler_vm_model_rollbacks" for s in m.samples if s.name.endswith("_total")}
 
 
-def test_version_order_and_hidden_entries(tmp_path):
-    for name in ("v10", "v9", "v2.1", ".v11.tmp", "v1.zip", "notes.txt"):
-        (tmp_path / name).mkdir() if not name.endswith((".zip", ".txt")) else (tmp_path / name).write_bytes(b"")
-    assert [v.name for v in versions.scan(tmp_path)] == ["v1", "v2.1", "v9", "v10"]
-
-
 def test_swaps_refusals_runtime_rollback_and_pruning(art, tmp_path):
     """One store, one Switch, 60 real collector records: v1 serves; v2 dropped in serves from
     the next tick with no tick without the four zones and every counter continuing; v3
