@@ -53,3 +53,31 @@ def test_hold_is_exclusive_only_for_the_first_process(tmp_path, fresh_lock):
     again = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env={**os.environ})
     assert again.returncode == 0  # the holder is gone (the kernel dropped its lock)
     assert (Path(tmp_path) / buildstate.LOCK_FILE).exists()
+
+
+def test_a_killed_exports_model_directory_is_cleared(tmp_path, monkeypatch):
+    """pipeline.artifact.write_model assembles a model directory under a temporary name; a build
+    killed in between leaves it, and the next build removes it whole (its files too)."""
+    import tempfile
+
+    from vmpower.pipeline import artifact
+
+    results = tmp_path / "results"
+    out = results / "models" / "AbsPower" / "Full" / "XGBRegressorTrainer_nt"
+    out.parent.mkdir(parents=True)
+    made = []
+    real = tempfile.mkdtemp
+
+    def killed(*a, **kw):
+        made.append(real(*a, **kw))
+        raise KeyboardInterrupt  # as if the build died right after creating it
+
+    monkeypatch.setattr(artifact.tempfile, "mkdtemp", killed)
+    with pytest.raises(KeyboardInterrupt):
+        artifact.write_model({"package.onnx": b"x"}, out, results / "m.zip", (1980, 1, 1, 0, 0, 0))
+    left = Path(made[0])
+    left.mkdir(exist_ok=True)
+    (left / "package.onnx").write_bytes(b"half")
+    assert buildstate.stale_temps(results) == [left]
+    buildstate.clear_stale(tmp_path / ".snakemake", results)
+    assert not left.exists() and out.parent.is_dir()

@@ -36,10 +36,12 @@ def _say(message: str) -> None:
 
 
 def stale_temps(results_dir: str | os.PathLike) -> list[Path]:
-    """io.atomic_path's temporary files below results_dir."""
+    """io.atomic_path's temporary files below results_dir, and the temporary model directories
+    an export assembles before renaming (pipeline.artifact.write_model: same naming)."""
     out = []
-    for parent, _dirs, files in os.walk(results_dir):
-        out += [Path(parent, f) for f in files if TEMP_NAME.fullmatch(f)]
+    for parent, dirs, files in os.walk(results_dir):
+        out += [Path(parent, f) for f in files + dirs if TEMP_NAME.fullmatch(f)]
+        dirs[:] = [d for d in dirs if not TEMP_NAME.fullmatch(d)]  # removed whole, not walked
     return sorted(out)
 
 
@@ -51,7 +53,10 @@ def clear_stale(state_dir: Path, results_dir: str | os.PathLike, file_locks: boo
         _say(f"removed the locks of a build that ended without releasing them ({locks})")
     temps = stale_temps(results_dir)
     for path in temps:
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     if temps:
         _say(f"removed {len(temps)} temporary file(s) of interrupted steps under {results_dir}")
 

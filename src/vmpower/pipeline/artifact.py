@@ -58,7 +58,8 @@ def write_manifest(model_dir: Path) -> None:
 def write_model(files: dict[str, bytes], out_dir: Path, archive: Path, zip_date: tuple) -> None:
     """The model directory (with its manifest) and its zip, each replaced whole."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # ".<name>.<8 random>.tmp": a build killed here leaves it for buildstate.clear_stale to remove.
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         for fname, data in files.items():
             (tmp_dir / fname).write_bytes(data)
