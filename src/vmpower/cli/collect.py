@@ -9,34 +9,20 @@ Heavy imports stay inside the functions so that ``vmpower --help`` stays fast.
 
 from __future__ import annotations
 
-import argparse
+from vmpower import argtypes
 from pathlib import Path
 
 DEFAULT_VM_KEPLER_URL = "http://localhost:28282/metrics"
 DEFAULT_HOST_KEPLER_URL = "http://localhost:28283/metrics"
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def _add_vm(sub) -> None:
     p = sub.add_parser("vm", help="guest feature collector (run inside the VM)",
                        description="Collect VM features (OS metrics, perf counters) in bracketed "
                                    "windows, optionally under stress-ng workloads.")
-    p.add_argument("--duration", type=_non_negative, default=300.0,
+    p.add_argument("--duration", type=argtypes.non_negative, default=300.0,
                    help="collection duration in seconds (default: 300; 0 = until stopped)")
-    p.add_argument("--interval", type=_positive, default=1.0,
+    p.add_argument("--interval", type=argtypes.positive, default=1.0,
                    help="collection interval in seconds (default: 1.0)")
     p.add_argument("--output", default="data/vm_features.json",
                    help="output file (JSON Lines while running, a JSON array at the end; "
@@ -51,7 +37,7 @@ def _add_vm(sub) -> None:
     p.add_argument("--stress-workload", "--workloads", dest="workloads", default="none",
                    help="workload or sequence: cpu_cycling | cpu_cycling:60,cpu_intensive:45 | "
                         "cpu_cycling,cpu_intensive (equal split); loops until the duration ends")
-    p.add_argument("--cpu-intensive-duration", type=_positive, default=None,
+    p.add_argument("--cpu-intensive-duration", type=argtypes.positive, default=None,
                    help="seconds of cpu_intensive in a sequence that names it without a duration")
     p.add_argument("--list-workloads", action="store_true", help="list the stress workloads and exit")
     p.add_argument("--vm-name", default=None, help="VM name, recorded in the log")
@@ -77,11 +63,11 @@ def _add_host(sub) -> None:
                         "with neither option every running VM is summed")
     p.add_argument("--kepler-url", default=DEFAULT_HOST_KEPLER_URL,
                    help=f"Kepler metrics endpoint (default: {DEFAULT_HOST_KEPLER_URL})")
-    p.add_argument("--duration", type=_non_negative, default=300.0,
+    p.add_argument("--duration", type=argtypes.non_negative, default=300.0,
                    help="collection duration in seconds (default: 300; 0 = until stopped)")
-    p.add_argument("--interval", type=_positive, default=0.1,
+    p.add_argument("--interval", type=argtypes.positive, default=0.1,
                    help="scrape interval in seconds (default: 0.1)")
-    p.add_argument("--timeout", type=_positive, default=1.0, help="HTTP timeout per scrape (default: 1.0 s)")
+    p.add_argument("--timeout", type=argtypes.positive, default=1.0, help="HTTP timeout per scrape (default: 1.0 s)")
     p.add_argument("--output", default="data/bm_power.csv",
                    help="output file, .csv or .json (default: data/bm_power.csv)")
     p.add_argument("--start-at", type=float, default=None, metavar="EPOCH",
@@ -113,14 +99,14 @@ def _add_run(sub) -> None:
                    help="vmpower checkout inside the VM (default: /root/vmpower)")
     p.add_argument("--vm-python", default=None,
                    help="Python in the VM (default: <project>/.venv/bin/python if present, else python3)")
-    p.add_argument("--duration", type=_positive, default=800.0, help="collection duration (default: 800 s)")
+    p.add_argument("--duration", type=argtypes.positive, default=800.0, help="collection duration (default: 800 s)")
     p.add_argument("--workloads", default="cpu_cycling,cpu_intensive",
                    help="workload sequence for the guest (default: cpu_cycling,cpu_intensive)")
-    p.add_argument("--cpu-intensive-duration", type=_positive, default=None,
+    p.add_argument("--cpu-intensive-duration", type=argtypes.positive, default=None,
                    help="seconds of cpu_intensive when --workloads names it without a duration")
     p.add_argument("--output-prefix", default="training", help="output file prefix (default: training)")
-    p.add_argument("--interval", type=_positive, default=1.0, help="guest sample interval (default: 1.0 s)")
-    p.add_argument("--host-interval", type=_positive, default=0.1,
+    p.add_argument("--interval", type=argtypes.positive, default=1.0, help="guest sample interval (default: 1.0 s)")
+    p.add_argument("--host-interval", type=argtypes.positive, default=0.1,
                    help="host Kepler scrape interval (default: 0.1 s)")
     p.add_argument("--kepler-url", default=DEFAULT_HOST_KEPLER_URL,
                    help=f"host Kepler endpoint (default: {DEFAULT_HOST_KEPLER_URL})")
@@ -130,9 +116,9 @@ def _add_run(sub) -> None:
     p.add_argument("--node-type", default=None,
                    help="node type directory (default: derived from the host CPU model)")
     p.add_argument("--run-id", default=None, help="run directory name (default: <prefix>_<timestamp>)")
-    p.add_argument("--start-delay", type=_non_negative, default=3.0,
+    p.add_argument("--start-delay", type=argtypes.non_negative, default=3.0,
                    help="seconds between launching and the common start instant (default: 3)")
-    p.add_argument("--connect-timeout", type=_positive, default=15.0, help="SSH connect timeout")
+    p.add_argument("--connect-timeout", type=argtypes.positive, default=15.0, help="SSH connect timeout")
     p.add_argument("--log-file", default="logs/orchestrator.log", help="log file")
     p.add_argument("--verbose", action="store_true", help="verbose logging")
     p.set_defaults(func=cmd_collect_run)

@@ -13,6 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from vmpower import argtypes
 from vmpower.configcheck import check_file
 from vmpower.errors import InputError
 from vmpower.names import power_column
@@ -174,20 +175,6 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
 def _model_args(p) -> None:
     p.add_argument("--model", required=True,
                    help="exported model directory or .zip, or a results directory with best.json or model "
@@ -205,7 +192,7 @@ def _chain_args(p) -> None:
     """The fallback chain's options: predict and serve walk the same chain (vmpower.serving.fallback)."""
     p.add_argument("--no-fallback", action="store_true",
                    help="with a results directory: use only the selected model (no fallback to other groups)")
-    p.add_argument("--confidence-threshold", type=_fraction, default=DEFAULT_CONFIDENCE_THRESHOLD,
+    p.add_argument("--confidence-threshold", type=argtypes.fraction, default=DEFAULT_CONFIDENCE_THRESHOLD,
                    help="a model answers for a zone only if this share of its features lies inside its training "
                         "range (default: 0.7, the seed's validation.confidence_threshold)")
     p.add_argument("--low-confidence", choices=("report", "drop"), default="report",
@@ -216,7 +203,7 @@ def _chain_args(p) -> None:
 def _serve_args(s) -> None:
     s.add_argument("--port", type=int, default=9102, help="HTTP port for /metrics (default: 9102)")
     s.add_argument("--address", default="0.0.0.0", help="bind address (default: 0.0.0.0)")
-    s.add_argument("--interval", type=_positive, default=1.0, help="feature collection interval (default: 1.0 s)")
+    s.add_argument("--interval", type=argtypes.positive, default=1.0, help="feature collection interval (default: 1.0 s)")
     s.add_argument("--node-name", help="node_name label (default: the host name)")
     s.add_argument("--no-perf", action="store_true",
                    help="do not read perf counters (their features are absent; selection skips models needing them)")

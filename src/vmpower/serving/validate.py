@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 
+from vmpower import argtypes
 from vmpower.errors import InputError
 
 log = logging.getLogger("vmpower.validate")
@@ -120,26 +121,6 @@ def cmd_validate(args) -> int:
     return EXIT_DRIFT if rep["verdict"] == "drift" else 0
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
-
-
-def _nonnegative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="compare a VM exporter's watts with the host Kepler's (drift: exit 3)",
                        description=sys.modules[__name__].__doc__.split("\n\n")[1])
@@ -150,11 +131,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the host Kepler's /metrics URL, or the `vmpower collect host` output (.csv/.json)")
     p.add_argument("--vm-name", action="append", default=[], help="the VM as Kepler names it (exact; repeatable)")
     p.add_argument("--vm-pattern", action="append", default=[], help="glob on Kepler's VM names (repeatable)")
-    p.add_argument("--duration", type=_positive, help="live: seconds to scrape (default: validate.window_seconds)")
-    p.add_argument("--interval", type=_positive, help="live: seconds between scrapes "
+    p.add_argument("--duration", type=argtypes.positive, help="live: seconds to scrape (default: validate.window_seconds)")
+    p.add_argument("--interval", type=argtypes.positive, help="live: seconds between scrapes "
                                                       "(default: validate.scrape_interval_seconds)")
-    p.add_argument("--bin-seconds", type=_positive, help="override validate.bin_seconds")
-    p.add_argument("--max-clock-skew", type=_nonnegative, help="override validate.max_clock_skew_seconds (0: no search)")
+    p.add_argument("--bin-seconds", type=argtypes.positive, help="override validate.bin_seconds")
+    p.add_argument("--max-clock-skew", type=argtypes.non_negative, help="override validate.max_clock_skew_seconds (0: no search)")
     p.add_argument("--exporter-series", choices=("joules", "watts"), help="override validate.exporter_series")
     p.add_argument("--config", help="config.yaml with the validate thresholds (default: the checkout's)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
