@@ -27,10 +27,6 @@ def test_it_raises_like_an_exception():
         raise InputError("f", "p")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="InputError passes one argument (the line) to Exception, so unpickling and copy.copy "
-                          "call InputError(line) and fail: an InputError raised in a process pool worker would "
-                          "reach the parent as a TypeError instead of the one line")
 def test_it_survives_pickling_and_copying():
     import copy
     import pickle

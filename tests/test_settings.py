@@ -68,8 +68,6 @@ def test_a_bool_is_not_coerced_to_a_float():
     assert Demo.build({**FULL, "rate": True}).rate is True  # the schema refuses it; build does not hide it
 
 
-@pytest.mark.xfail(strict=True, reason="settings._coerce turns an int into a float only for a field typed "
-                                       "exactly float, not for float | None (e.g. merge.vm_utc_offset_seconds)")
 def test_an_optional_float_field_gets_a_float():
     assert type(Demo.build({**FULL, "offset": -14400}).offset) is float
 

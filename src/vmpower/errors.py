@@ -10,3 +10,6 @@ class InputError(Exception):
         self.path = str(path)
         self.problem = " ".join(str(problem).split())  # keep it to one line
         super().__init__(f"{self.path}: {self.problem}")
+
+    def __reduce__(self):  # pickling/copying (e.g. from a process pool) keeps the two parts
+        return (type(self), (self.path, self.problem))

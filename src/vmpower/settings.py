@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 import typing
 from pathlib import Path
 
@@ -64,7 +65,8 @@ class Section:
 
 def _coerce(value, hint):
     """JSON numbers are ints or floats; a float field gets a float (1 -> 1.0), lists become tuples."""
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    floats = hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint))
+    if floats and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typing.get_origin(hint) is tuple and isinstance(value, list):
         return tuple(value)
