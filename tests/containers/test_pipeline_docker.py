@@ -70,7 +70,7 @@ def test_docker_outputs_identical_to_local(seed, tmp_path):
         hashes[rt] = demo.result_hashes(wd)
         # every job recorded the image it ran in, and it is the locked one
         check = subprocess.run([str(demo.VENV_BIN / "python"), "-c",
-                                "import sys; from vmpower import runtime; "
+                                "import sys; from vmpower.ops import runtime; "
                                 "p = runtime.check_outputs(['results/provenance'], 'containers/images.lock.json', runtime=sys.argv[1]); "
                                 "print(*p, sep='\\n'); sys.exit(bool(p))", rt],
                                cwd=wd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(wd / "src")})
