@@ -186,7 +186,7 @@ def test_end_to_end_run_directory_merges_and_builds_models(sshd, guest_project, 
     v_first = pd.Timestamp(vm[0]["timestamp_iso"]) - pd.Timedelta(seconds=vm[0]["time_delta_seconds"])
     assert h_start <= v_first + pd.Timedelta(seconds=0.3) and h_end >= pd.Timestamp(vm[-1]["timestamp_iso"])
 
-    if not (REPO / "src" / "vmpower" / "merge.py").exists():
+    if not (REPO / "src" / "vmpower" / "pipeline" / "merge.py").exists():
         pytest.skip("vmpower.pipeline.merge not in this checkout; format checked above")
     from vmpower.cli import main
 
