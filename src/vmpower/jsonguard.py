@@ -245,3 +245,14 @@ def loads(text: str | bytes, source, limits):
         return json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise InputError(source, f"not valid JSON ({' '.join(str(exc).split())[:120]})") from None
+
+
+def read_json(path, data: bytes, limits, what: str):
+    """Bounded JSON of one input (``limits``: vmpower.limits.Limits, None for the defaults):
+    "cannot read <what> (<problem>)", one line naming the file, on any problem."""
+    from vmpower import limits as limits_mod
+
+    try:
+        return loads(data, path, limits or limits_mod.defaults())
+    except InputError as exc:
+        raise InputError(path, f"cannot read {what} ({exc.problem})") from None

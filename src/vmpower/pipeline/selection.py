@@ -124,17 +124,13 @@ def read_best(path: str | Path, limits=None) -> dict:
     """best.json's {node_type: {output_type: {feature_group: {"trainer", "model_name",
     "mae_mean", "archive"}}}}, bounded (vmpower.jsonguard); any problem is one line naming it."""
     from vmpower import jsonguard
-    from vmpower import limits as limits_mod
 
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(path, f"cannot read best models ({exc})") from None
-    try:
-        best = jsonguard.loads(data, path, limits or limits_mod.defaults())
-    except InputError as exc:
-        raise InputError(path, f"cannot read best models ({exc.problem})") from None
+    best = jsonguard.read_json(path, data, limits, "best models")
     if not isinstance(best, dict):
         raise InputError(path, "cannot read best models (not a JSON object)")
     return best

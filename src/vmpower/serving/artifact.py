@@ -29,24 +29,15 @@ def read_artifact(path: str | Path, limits=None) -> dict[str, bytes]:
     return read_model_files(path, limits)
 
 
-def parse_json(path: Path, data: bytes, limits, what: str):
-    """Bounded JSON (vmpower.jsonguard): one line naming the file on any problem."""
-    from vmpower import jsonguard
-    from vmpower import limits as limits_mod
-
-    try:
-        return jsonguard.loads(data, path, limits or limits_mod.defaults())
-    except InputError as exc:
-        raise InputError(path, f"cannot read {what} ({exc.problem})") from None
-
-
 def read_metadata(path: Path, limits=None) -> dict:
     """metadata.json of a model dir or zip, unverified (selection only; the chosen one is verified),
     size- and depth-bounded by ``limits`` (default: the built-in ones)."""
     files = read_model_files(path, limits, names={"metadata.json"})
     if "metadata.json" not in files:
         raise InputError(path, "cannot read metadata.json (not in the model)")
-    return parse_json(path, files["metadata.json"], limits, "metadata.json")
+    from vmpower.jsonguard import read_json  # numpy: only when a model is read
+
+    return read_json(path, files["metadata.json"], limits, "metadata.json")
 
 
 def _metadata(path: Path, data: bytes, limits) -> dict:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmpower.errors import InputError
-from vmpower.serving.artifact import USABLE_STATUSES, parse_json, read_metadata, usable_status  # noqa: F401
+from vmpower.serving.artifact import USABLE_STATUSES, read_metadata, usable_status  # noqa: F401
 
 log = logging.getLogger("vmpower.serving.selection")
 
@@ -231,7 +231,9 @@ def read_spec(path: Path | None, limits=None) -> dict | None:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(path, f"cannot read machine spec ({exc})") from None
-    spec = parse_json(Path(path), data, limits, "machine spec")
+    from vmpower.jsonguard import read_json
+
+    spec = read_json(Path(path), data, limits, "machine spec")
     if not isinstance(spec, dict):
         raise InputError(path, "machine spec must be a JSON object")
     return spec
