@@ -135,8 +135,9 @@ def exact_search(a, b, x, lo, hi, label, usable, s):
     return (float(offsets[best]) if corr[best] >= s.min_offset_correlation else 0.0), corr[best], corr[n]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("seed", range(6))
-def test_search_offset_equals_the_exact_search(seed):
+def test_search_offset_equals_the_exact_search(seed, threads):
     """Ranking on shifted bounds, exact R for the near-best: the same offset and the same R
     (to the bit) as shifting the windows for every offset, on jittered windows and a flat label."""
     rng = np.random.default_rng(seed)
@@ -150,11 +151,49 @@ def test_search_offset_equals_the_exact_search(seed):
     true = rng.uniform(-0.9, 0.9)
     label = align.interval_means(a + true, b + true, x, lo, hi)[0] @ [2.0, 5.0] + (seed == 5) * rng.normal(0, 400, len(lo))
     info = {}
-    got = align.search_offset(a, b, x, lo, hi, label, usable, [0, 1], _Search, info)
+    got = align.search_offset(a, b, x, lo, hi, label, usable, [0, 1], _Search, info, threads)
     want, r_best, r_zero = exact_search(a, b, x, lo, hi, label, usable, _Search)
     assert got == want
     assert info["offset_correlation"] == round(float(r_best), 6)
     assert info["offset_correlation_at_zero"] == round(float(r_zero), 6)
+
+
+def test_ranking_r_is_the_exact_r_to_rounding_on_counters_and_hinges():
+    """The ranking's R (normal equations on standardised columns, bounds shifted) against the
+    exact R (lstsq, windows shifted) at every offset: equal far below _RANK_MARGIN, also for a
+    counter of ~1e9 per second with hinges of a utilisation (nearly collinear columns)."""
+    rng = np.random.default_rng(11)
+    b = np.cumsum(1.0 + rng.normal(0.0, 0.002, 3000))
+    a = b - np.diff(b, prepend=b[0] - 1.0)
+    util = np.clip(np.repeat(rng.uniform(0, 100, 1000), 3) + rng.normal(0, 2, 3000), 0, 100)
+    x = np.column_stack([util, *[np.maximum(util - k, 0) for k in (50, 60, 70)], 3e9 + 1e7 * util])
+    lo = np.arange(5.0, b[-1] - 10, 5.0)
+    hi = lo + 5.0
+    usable = rng.random(len(lo)) > 0.05
+    label = align.interval_means(a + 0.3, b + 0.3, x, lo, hi)[0] @ [0.5, 0.2, 0.3, 0.4, 0.0] + rng.normal(0, 3, len(lo))
+    offsets = 0.1 * np.arange(-10, 11)
+    rank = align._rank_offsets(a, b, x, lo, hi, label, usable, offsets, 2)
+    exact = []
+    for d in offsets:
+        m = align.interval_means(a + d, b + d, x, lo, hi)[0]
+        m[~usable] = np.nan
+        exact.append(align._fit_r(m, label))
+    assert np.nanmax(np.abs(rank - np.array(exact))) < 1e-3 * align._RANK_MARGIN
+    assert int(np.nanargmax(rank)) == int(np.nanargmax(exact)) == 13
+
+
+def test_interval_means_on_threads_are_the_same_numbers():
+    rng = np.random.default_rng(3)
+    b = np.cumsum(rng.uniform(0.5, 1.5, 2000))
+    a = b - 1.0
+    v = rng.normal(size=(2000, 7)) * 10.0 ** rng.integers(-3, 9, 7)
+    v[rng.integers(0, 2000, 30), rng.integers(0, 7, 30)] = np.nan  # a NaN cell uncovers its whole row
+    lo = np.sort(rng.uniform(0, b[-1], 300))
+    hi = lo + rng.uniform(0.1, 20, 300)
+    one, covered = align.interval_means(a, b, v, lo, hi)
+    for threads in (2, 3):
+        many, covered_many = align.interval_means(a, b, v, lo, hi, threads)
+        assert np.array_equal(one, many, equal_nan=True) and np.array_equal(covered, covered_many)
 
 
 def test_clocks_pair_naive_and_epoch_times_only_with_a_known_offset(tmp_path):

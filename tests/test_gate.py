@@ -127,6 +127,13 @@ def test_gate_tolerance_comes_from_config(base, tmp_path):
     assert res.returncode == 0, res.stderr
 
 
+def test_gate_tolerance_left_out_comes_from_the_schema(tmp_path):
+    (tmp_path / "partial.yaml").write_text("gate:\n  tolerance:\n    mae: {relative: 0.2}\n")
+    tol = gate.load_tolerance(str(tmp_path / "partial.yaml"))
+    assert tol == {"mae": {"relative": 0.2, "absolute": 0.05}, "mape": {"relative": 0.05, "absolute": 0.25}}
+    assert gate.load_tolerance(None) == yaml.safe_load((ROOT / "config.yaml").read_text())["gate"]["tolerance"]
+
+
 def test_gate_fails_on_a_missing_zone(base):
     tmp_path, baseline = base
     summary = write_summary(tmp_path / "nozone.csv", zones=("package",))

@@ -72,3 +72,44 @@ def test_limits_hold_in_halves(tmp_path, monkeypatch):
     wide = [{"a": i} for i in range(20)] + [{f"c{i}": 1 for i in range(10_001)}]
     with pytest.raises(InputError, match="max_columns"):
         ingest.read_vm_features(write_array(tmp_path / "wide.json", wide))
+
+
+@pytest.fixture
+def small_prefix(monkeypatch):
+    monkeypatch.setattr(jsonarray, "PREFIX_BYTES", 200)  # a prefix of a few samples, then two pieces
+
+
+def test_keys_are_counted_in_the_prefix_only_when_the_rest_has_its_schema(tmp_path, monkeypatch, small_prefix):
+    recs = [{"t": 1e9 + i, "cpu": i % 7 + 0.5, "w": "idle", "nested": {"a": i}} for i in range(400)]
+    path = write_array(tmp_path / "vm.json", recs)
+    counted = []
+    real = jsonarray.jsonguard.scan_part
+    monkeypatch.setattr(jsonarray.jsonguard, "scan_part",
+                        lambda data, start, cols, depth: counted.append((len(data), cols)) or real(data, start, cols, depth))
+    got = halves(path)
+    assert got is not None and got.equals(whole(path))
+    keyed = [n for n, cols in counted if cols is not None]
+    assert keyed and max(keyed) < 400 < path.stat().st_size // 4  # only the prefix's keys were hashed
+    assert sum(n for n, cols in counted if cols is None) >= path.stat().st_size - 10  # depth: the whole file
+
+
+@pytest.mark.parametrize("late", ["new_key", "int_to_float", "null_to_number", "nested_key"])
+def test_a_key_or_type_the_prefix_lacks_gives_one_parse_too(tmp_path, small_prefix, late):
+    recs = [{"t": i, "x": None, "s": "a", "n": {"a": 1}} for i in range(300)]
+    change = {"new_key": {"extra": 1.5}, "int_to_float": {"t": 2.5}, "null_to_number": {"x": 3.0},
+              "nested_key": {"n": {"a": 1, "b": "new"}}}[late]
+    recs[120].update(change)
+    recs[280].update(change)
+    path = write_array(tmp_path / "vm.json", recs)
+    got, want = halves(path), whole(path)
+    if late == "nested_key":  # struct<a> and struct<a, b> in two pieces: ingest parses the file whole
+        assert got is None
+    else:  # the pieces parsed by inference
+        assert got is not None and got.schema == want.schema and got.equals(want)
+
+
+def test_a_limit_broken_after_the_prefix_is_still_one_line(tmp_path, monkeypatch, small_prefix):
+    monkeypatch.setattr(jsonarray, "MIN_BYTES", 0)
+    wide = [{"a": i} for i in range(200)] + [{f"c{i}": 1 for i in range(10_001)}] + [{"a": 1}] * 200
+    with pytest.raises(InputError, match="max_columns"):
+        ingest.read_vm_features(write_array(tmp_path / "wide.json", wide))

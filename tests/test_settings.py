@@ -29,8 +29,9 @@ FULL = {"rate": 1, "names": ["a", "b"], "count": 3, "flag": True, "offset": None
 
 def test_load_fills_the_schema_defaults(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
-    # the only top-level section with a default is limits; its keys come from the schema
-    assert settings.load(tmp_path / "empty.yaml") == {"limits": vars(limits.defaults())}
+    # the top-level sections with a default are limits and gate; their keys come from the schema
+    tolerance = {"mae": {"relative": 0.05, "absolute": 0.05}, "mape": {"relative": 0.05, "absolute": 0.25}}
+    assert settings.load(tmp_path / "empty.yaml") == {"limits": vars(limits.defaults()), "gate": {"tolerance": tolerance}}
     (tmp_path / "m.yaml").write_text("merge:\n  time_tolerance: 0.5\n  power_zone: core\nlimits:\n  max_columns: 5\n")
     cfg = settings.load(tmp_path / "m.yaml")
     assert cfg["merge"]["time_tolerance"] == 0.5 and cfg["merge"]["power_zone"] == "core"  # given values kept

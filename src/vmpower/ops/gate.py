@@ -32,7 +32,6 @@ from vmpower.pipeline.selection import best_zone_metrics
 BASELINE_FORMAT = 1
 METRICS = ("mae", "mape")
 UNITS = {"mae": "W", "mape": "%"}
-DEFAULT_TOLERANCE = {"mae": {"relative": 0.05, "absolute": 0.05}, "mape": {"relative": 0.05, "absolute": 0.25}}
 DEFAULT_INPUTS_GLOB = "results/report/*/provenance.json"
 
 
@@ -88,23 +87,19 @@ def _config(path: str | None) -> str | None:
 
 
 def load_tolerance(config_path: str | None) -> dict:
-    """gate.tolerance from config.yaml, filled in with the defaults."""
-    config_path = _config(config_path)
-    tol = json.loads(json.dumps(DEFAULT_TOLERANCE))
-    if config_path:
-        from vmpower.configcheck import check_file
+    """gate.tolerance of the config (./config.yaml when there is one, else the bundled one), with
+    the schema's defaults filled in (the only place they are defined)."""
+    from vmpower import settings
+    from vmpower.paths import CONFIG
 
-        cfg = check_file(config_path)
-        for metric, values in ((cfg.get("gate") or {}).get("tolerance") or {}).items():
-            tol.setdefault(metric, {}).update(values or {})
-    return tol
+    return settings.load(_config(config_path) or CONFIG)["gate"]["tolerance"]
 
 
 # ------------------------------------------------------------------------------ comparing
 
 
 def _allowed(old: float, tol: dict) -> float:
-    return old + max(abs(old) * float(tol.get("relative", 0.0)), float(tol.get("absolute", 0.0)))
+    return old + max(abs(old) * float(tol["relative"]), float(tol["absolute"]))
 
 
 def compare(old_models: dict, new_models: dict, tolerance: dict) -> dict:
@@ -147,7 +142,7 @@ def compare(old_models: dict, new_models: dict, tolerance: dict) -> dict:
                         row[f"{metric}_old"], row[f"{metric}_new"] = old_v, new_v
                         row[f"{metric}_delta"] = new_v - old_v if old_v is not None and new_v is not None else None
                         if zone in old_z and zone in new_z and old_v is not None:
-                            limit = _allowed(old_v, tolerance.get(metric, {}))
+                            limit = _allowed(old_v, tolerance[metric])
                             row[f"{metric}_limit"] = limit
                             if new_v is None:
                                 notes.append(f"{key} {zone}: {metric.upper()} not computable in this build")
@@ -204,7 +199,7 @@ def gate_table(result: dict) -> list[str]:
 def gate_markdown(result: dict, baseline_path: str, tolerance: dict) -> str:
     verdict = "PASSED" if result["passed"] else "FAILED"
     tol = ", ".join(
-        f"{m.upper()} +max({tolerance[m].get('relative', 0):.0%}, {tolerance[m].get('absolute', 0)} {UNITS[m]})"
+        f"{m.upper()} +max({tolerance[m]['relative']:.0%}, {tolerance[m]['absolute']} {UNITS[m]})"
         for m in METRICS if m in tolerance
     )
     out = [f"# Model quality gate: {verdict}", "",

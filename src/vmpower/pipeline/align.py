@@ -13,12 +13,17 @@ numpy arrays; settings are typed values (merge.MergeSettings), never a config ma
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from vmpower.errors import InputError
+
+# Threads of the interval maths: a merge job has two cores (rules/merge.smk), fewer when the
+# process may use fewer (a SLURM job's CPU set).
+THREADS = min(2, len(os.sched_getaffinity(0)))
 
 
 def align_window(t_vm, dt_vm, t_host, power):
@@ -65,19 +70,42 @@ def has_kepler_steps(u: np.ndarray, dt_vm: np.ndarray) -> bool:
     return len(u) >= 3 and float(np.median(np.diff(u))) >= 2.0 * float(np.median(dt_vm))
 
 
-def interval_means(a: np.ndarray, b: np.ndarray, values: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+def interval_means(a: np.ndarray, b: np.ndarray, values: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                   threads: int = 1):
     """Time-weighted means over (lo, hi] of values that hold over the sample windows (a, b]
-    (sorted, non-overlapping; NaN rows count as not covered). Returns (means, covered seconds)."""
-    return _Sums(a, b, values).means(lo, hi)
+    (sorted, non-overlapping; NaN rows count as not covered). Returns (means, covered seconds).
+    With ``threads`` > 1, blocks of columns at once: a column's running sums are its own, so
+    the numbers are the same."""
+    ok = np.isfinite(values).all(axis=1)
+    if threads <= 1 or values.shape[1] < 2:
+        return _Sums(a, b, values, ok).means(lo, hi)
+
+    def block(cols):
+        return _Sums(a, b, values[:, cols], ok).means(lo, hi)
+
+    parts = _threaded(block, np.array_split(np.arange(values.shape[1]), threads))
+    return np.hstack([m for m, _ in parts]), parts[0][1]
+
+
+def _threaded(fn, items: list) -> list:
+    """[fn(item) for item in items], the items after the first on threads (numpy releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(items) < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(len(items) - 1, thread_name_prefix="align") as pool:
+        later = [pool.submit(fn, item) for item in items[1:]]
+        return [fn(items[0]), *[f.result() for f in later]]
 
 
 class _Sums:
     """The running sums of interval_means for one set of windows: built once, then evaluated at
-    any interval bounds (search_offset shifts the bounds instead of the windows)."""
+    any interval bounds (search_offset shifts the bounds instead of the windows). ``ok``: the
+    windows whose values count."""
 
-    def __init__(self, a, b, values):
+    def __init__(self, a, b, values, ok):
         self.a, self.b, self.span = a, b, b - a
-        self.ok = np.isfinite(values).all(axis=1)
+        self.ok = ok
         width = np.where(self.ok, self.span, 0.0)
         self.v = np.where(self.ok[:, None], values, 0.0)
         self.cum_v = np.zeros((len(a) + 1, self.v.shape[1]))  # a leading row of zeros, then the running sums
@@ -115,20 +143,40 @@ def _fit_r(x: np.ndarray, y: np.ndarray) -> float:
     return np.sqrt(max(0.0, 1.0 - float(resid @ resid) / ss)) if ss > 0 else np.nan
 
 
+def _rank_r(m: np.ndarray, ok: np.ndarray, y: np.ndarray) -> float:
+    """_fit_r's R over the rows ``ok`` from the normal equations, for ranking offsets: no BLAS
+    (threads would contend for it) and no copies when every row counts. Columns standardised
+    beforehand keep the Gram matrix well conditioned."""
+    n = int(ok.sum())
+    if n < 10:
+        return np.nan
+    if n < len(ok):
+        m, y = m[ok], y[ok]
+    mu, y_mean = m.sum(axis=0) / n, float(y.sum()) / n
+    gram = np.einsum("ij,ik->jk", m, m) - n * np.outer(mu, mu)
+    cross = np.einsum("ij,i->j", m, y) - n * mu * y_mean
+    ss = float(((y - y_mean) ** 2).sum())
+    if ss <= 0:
+        return np.nan
+    explained = float(cross @ np.linalg.lstsq(gram, cross, rcond=None)[0])
+    return np.sqrt(min(1.0, max(0.0, explained / ss)))
+
+
 # How far the shifted-bounds R (search_offset's ranking) may be below the best and still have
-# its exact R computed: the two differ by rounding (~1e-12), far less than this.
+# its exact R computed: the two differ by rounding (~1e-9), far less than this.
 _RANK_MARGIN = 1e-6
 
 
-def search_offset(a, b, feats, lo, hi, label, usable, lag_cols, s, info: dict) -> float:
+def search_offset(a, b, feats, lo, hi, label, usable, lag_cols, s, info: dict, threads: int = 1) -> float:
     """The guest clock offset in +-``offset_search_seconds`` (steps of ``offset_step_seconds``)
     at which an OLS fit of ``label`` on the interval means of ``feats[:, lag_cols]`` is best
     (multiple correlation R over the ``usable`` intervals); 0 without lag columns, and when R
     stays below ``min_offset_correlation``. Records the correlations in ``info``.
 
     The windows shifted by d against fixed intervals are ranked as the fixed windows against
-    intervals shifted by -d (one set of running sums for all offsets); R is then computed
-    exactly (windows shifted) for the offsets within _RANK_MARGIN of the best and for 0."""
+    intervals shifted by -d (one set of running sums for all offsets, the offsets shared by
+    ``threads``); R is then computed exactly (windows shifted) for the offsets within
+    _RANK_MARGIN of the best and for 0."""
     if not lag_cols or float(s.offset_search_seconds) <= 0:
         return 0.0
     step = float(s.offset_step_seconds)
@@ -141,12 +189,7 @@ def search_offset(a, b, feats, lo, hi, label, usable, lag_cols, s, info: dict) -
         m[~usable] = np.nan
         return _fit_r(m, label)
 
-    sums = _Sums(a, b, x)
-    rank = np.full(len(offsets), np.nan)
-    for k, d in enumerate(offsets):
-        m = sums.means(lo - d, hi - d)[0]
-        m[~usable] = np.nan
-        rank[k] = _fit_r(m, label)
+    rank = _rank_offsets(a, b, x, lo, hi, label, usable, offsets, threads)
     corr = np.full(len(offsets), np.nan)
     if np.isfinite(rank).any():
         near = np.flatnonzero(rank >= np.nanmax(rank) - _RANK_MARGIN)
@@ -161,6 +204,30 @@ def search_offset(a, b, feats, lo, hi, label, usable, lag_cols, s, info: dict) -
     trusted = np.isfinite(corr[best]) and corr[best] >= float(s.min_offset_correlation)
     info["offset_trusted"] = bool(trusted)
     return float(offsets[best]) if trusted else 0.0
+
+
+def _rank_offsets(a, b, x, lo, hi, label, usable, offsets, threads: int) -> np.ndarray:
+    """search_offset's ranking R of every offset (intervals shifted by -offset)."""
+    ok = np.isfinite(x).all(axis=1)
+    if not ok.any():
+        return np.full(len(offsets), np.nan)
+    counted = x[ok]
+    spread = counted.std(axis=0)
+    sums = _Sums(a, b, (x - counted.mean(axis=0)) / np.where(spread > 0, spread, 1.0), ok)  # R does not change
+    rows = usable & np.isfinite(label)
+
+    def rank(ks):
+        out = []
+        for k in ks:
+            m, covered = sums.means(lo - offsets[k], hi - offsets[k])
+            out.append(_rank_r(m, rows & (covered > 0), label))
+        return out
+
+    blocks = [np.arange(t, len(offsets), threads) for t in range(max(1, threads))]
+    rank_r = np.full(len(offsets), np.nan)
+    for ks, values in zip(blocks, _threaded(rank, blocks)):
+        rank_r[ks] = values
+    return rank_r
 
 
 def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, lag_cols: list[int] | None, s,
@@ -189,8 +256,8 @@ def kepler_intervals(t_vm, dt_vm, feats: np.ndarray, t_host, power, ref: int, la
     certain = (unc[:-1] <= float(s.max_update_uncertainty)) & (unc[1:] <= float(s.max_update_uncertainty))
     a, b = t_vm - dt_vm, t_vm
     usable = regular & certain
-    offset = search_offset(a, b, feats, lo, hi, label[:, ref], usable, lag_cols, s, info)
-    means, covered = interval_means(a + offset, b + offset, feats, lo, hi)
+    offset = search_offset(a, b, feats, lo, hi, label[:, ref], usable, lag_cols, s, info, THREADS)
+    means, covered = interval_means(a + offset, b + offset, feats, lo, hi, THREADS)
     coverage = covered / length
     info.update({"clock_offset_seconds": round(offset, 6), "median_interval_seconds": round(med, 6),
                  "update_uncertainty_median_seconds": round(float(np.median(unc)), 6)})

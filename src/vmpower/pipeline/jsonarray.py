@@ -1,12 +1,19 @@
-"""A large JSON array file read in two halves at once (ingest's VM and host JSON files).
+"""A large JSON array file read in pieces at once (ingest's VM and host JSON files).
 
 pyarrow parses a JSON array on one core (the array is one value). A collector writes one
-sample per line, so the file is cut at a sample boundary (``},\\n{``) near the middle; the
-whole file is checked by jsonguard, then each half is parsed on its own thread, and the halves
-are joined in file order: the same table as one parse. ``read`` returns None, and ingest parses the file
-whole, when no boundary is found, when the first half does not end between two samples
-(depth 1, outside a string), when a limit is broken (the whole-file check then says so), when a
-half fails to parse, or when the halves' column types differ in a way one parse would not unify.
+sample per line, so the file is cut at sample boundaries (``},\\n{``): a prefix of about
+PREFIX_BYTES, the rest of the first half, and the second half. The whole file's nesting depth
+is checked by jsonguard (deep nesting crashes the parser); the prefix is checked for distinct
+keys too and parsed, and its columns and types are the explicit schema of the other two
+pieces, parsed on two threads with any other key or type an error: so the file has no more
+columns than its prefix, without hashing every key. Should the explicit parse fail (a key or a
+type the first samples lack), the whole file's keys are counted and the pieces parsed by
+inference. The pieces are joined in file order: the same table as one parse.
+
+``read`` returns None, and ingest parses the file whole, when no boundary is found, when the
+first half does not end between two samples (depth 1, outside a string), when a limit is broken
+(the whole-file check then says so), when a piece fails to parse, or when the pieces' column
+types differ in a way one parse would not unify.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ import pyarrow.json as pajson
 from vmpower import jsonguard
 
 MIN_BYTES = 32 << 20  # smaller files are parsed whole: two threads would not pay off
+PREFIX_BYTES = 1 << 20  # the first samples, whose columns and types the rest must have
 _BOUNDARY = b"},\n{"
 _PREFIX = b'{"rows":'
+_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 
 def read_file(path: Path, size: int, limits, array_bounds) -> pa.Table | None:
@@ -43,17 +52,25 @@ def read(path: Path, start: int, end: int, limits) -> pa.Table | None:
     with open(path, "rb") as fh:
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             cut = _boundary(mm, start, end)
-            if cut is None or not _checked(mm, cut, limits):
+            if cut is None or not _checked(mm, cut, limits, keys=False):
                 return None
-        first = _wrapped(fh, start, cut - 2, b"", b"]}")  # '[' ... '}'
-        second = _wrapped(fh, cut, end, b"[", b"}")  # '{' ... ']'
-    with ThreadPoolExecutor(1, thread_name_prefix="json-half") as pool:
-        later = pool.submit(_parse, second)
-        head = _parse(first)
-        tail = later.result()
-    if head is None or tail is None:
-        return None
-    return _join(head, tail)
+            at = mm.find(_BOUNDARY, min(start + PREFIX_BYTES, cut), cut)
+            stop = cut if at < 0 else at + 3  # the prefix: samples up to a boundary past PREFIX_BYTES
+            if not _checked(mm, stop, limits, stop=stop):
+                return None
+        pieces = [_wrapped(fh, start, stop - 2, b"", b"]}"), _wrapped(fh, cut, end, b"[", b"}")]
+        if stop < cut:
+            pieces.insert(1, _wrapped(fh, stop, cut - 2, b"[", b"]}"))
+        first = _parse(pieces[0])
+        if first is None:
+            return None
+        rest = _parse_all(pieces[1:], pa.struct(list(first.schema)))
+        if rest is None:  # a key or type the prefix lacks: every key counted, then inferred
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                if not _checked(mm, cut, limits):
+                    return None
+            rest = _parse_all(pieces[1:], None)
+    return None if rest is None else _join([first, *rest])
 
 
 def _boundary(mm, start: int, end: int) -> int | None:
@@ -65,18 +82,21 @@ def _boundary(mm, start: int, end: int) -> int | None:
     return None if at < 0 else at + 3
 
 
-def _checked(mm, cut: int, limits) -> bool:
-    """The whole file within limits (one scan: it stops early at a broken limit) and the first
-    half ending between two samples (depth 1, outside a string)."""
+def _checked(mm, cut: int, limits, keys: bool = True, stop: int | None = None) -> bool:
+    """The text up to ``stop`` (the whole file by default) within limits: its nesting depth,
+    and its distinct keys when ``keys`` (one scan: it stops early at a broken limit); and the
+    text up to ``cut`` ending between two samples (depth 1, outside a string)."""
+    columns = limits.max_columns if keys else None
     b = np.frombuffer(mm, np.uint8)
     try:
-        head = jsonguard.scan_part(b[:cut], (False, 0), limits.max_columns, limits.max_json_depth)
-        if head.end != (False, 1):
+        parts = [jsonguard.scan_part(b[:cut], (False, 0), columns, limits.max_json_depth)]
+        if parts[0].end != (False, 1):
             return False
-        tail = jsonguard.scan_part(b[cut:], head.end, limits.max_columns, limits.max_json_depth)
+        if stop is None or stop > cut:
+            parts.append(jsonguard.scan_part(b[cut:stop], parts[0].end, columns, limits.max_json_depth))
     finally:
         del b  # no view of the mmap may outlive it
-    depth, width = jsonguard.combine([head, tail])
+    depth, width = jsonguard.combine(parts)
     return depth <= limits.max_json_depth and width <= limits.max_columns
 
 
@@ -93,34 +113,49 @@ def _wrapped(fh, lo: int, hi: int, opening: bytes, suffix: bytes) -> bytearray:
     return buf if got == n else bytearray()  # (a file changing while read: parsed whole instead)
 
 
-def _parse(buf: bytearray) -> pa.Table | None:
+def _parse_all(pieces: list[bytearray], row_type: pa.DataType | None) -> list[pa.Table] | None:
+    """The pieces parsed, the last on a second thread (with ``row_type`` as the explicit
+    schema of a sample, any other key or type an error); None when any fails."""
+    with ThreadPoolExecutor(1, thread_name_prefix="json-piece") as pool:
+        later = pool.submit(_parse, pieces[-1], row_type)
+        tables = [_parse(p, row_type) for p in pieces[:-1]]
+        tables.append(later.result())
+    return None if any(t is None for t in tables) else tables
+
+
+def _parse(buf: bytearray, row_type: pa.DataType | None = None) -> pa.Table | None:
     if not buf or len(buf) >= 2**31 - 1:
         return None
+    options = {"newlines_in_values": True}
+    if row_type is not None:
+        options.update(explicit_schema=pa.schema([("rows", pa.list_(row_type))]), unexpected_field_behavior="error")
     try:
         table = pajson.read_json(
             pa.BufferReader(pa.py_buffer(buf)),
             read_options=pajson.ReadOptions(block_size=len(buf) + 1, use_threads=False),
-            parse_options=pajson.ParseOptions(newlines_in_values=True),
+            parse_options=pajson.ParseOptions(**options),
         )
         rows = table.column("rows").combine_chunks()
         if len(rows) == 0 or not pa.types.is_struct(rows.type.value_type) or rows.type.value_type.num_fields == 0:
             return None
         return pa.Table.from_struct_array(rows.flatten())
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+    except _ERRORS:
         return None
 
 
-def _join(head: pa.Table, tail: pa.Table) -> pa.Table | None:
-    """The halves stacked with columns in order of first appearance (as one parse gives), when
+def _join(tables: list[pa.Table]) -> pa.Table | None:
+    """The pieces stacked with columns in order of first appearance (as one parse gives), when
     every shared column's types are ones one parse unifies to the promoted type."""
-    if len(set(head.column_names)) != head.num_columns or len(set(tail.column_names)) != tail.num_columns:
+    if any(len(set(t.column_names)) != t.num_columns for t in tables):
         return None
-    types = {f.name: f.type for f in head.schema}
-    if not all(_unifies(types[f.name], f.type) for f in tail.schema if f.name in types):
-        return None
+    types: dict = {}
+    for t in tables:
+        if not all(_unifies(types[f.name], f.type) for f in t.schema if f.name in types):
+            return None
+        types.update({f.name: f.type for f in t.schema if f.name not in types or pa.types.is_null(types[f.name])})
     try:
-        return pa.concat_tables([head, tail], promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return pa.concat_tables(tables, promote_options="permissive")
+    except _ERRORS:
         return None
 
 
