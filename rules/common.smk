@@ -2,6 +2,7 @@
 # raw_dir, the path table, what a step is given (command, resources, settings, sources), the
 # get_* input functions in stage order, and the final targets.
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -170,7 +171,12 @@ def attempt_scaled(**first):
     attempt x that on a retry (profiles/slurm `retries`). A local build schedules with the
     first values, SLURM gets them as the sbatch request. Each rule that runs on SLURM sets
     them, there only; a local rule (localrules) needs none."""
-    return {name: (lambda wildcards, attempt, value=value: value * attempt) for name, value in first.items()}
+    return {name: functools.partial(_scaled, value=value) for name, value in first.items()}
+
+
+def _scaled(wildcards, attempt, value):
+    """One resource of attempt_scaled (Snakemake passes the job's wildcards and attempt)."""
+    return value * attempt
 
 
 # What a step reads of the config, as JSON for its --settings: a change reruns exactly the steps

@@ -125,3 +125,24 @@ def test_merge_dataset_stacks_runs_with_their_quality(tmp_path, run, capsys):
     data = pd.read_parquet(tmp_path / "d.parquet")
     assert summary["rows"] == len(data) if "engineering" in summary else len(data) > 0
     assert list(pd.unique(data["run_id"])) == ["r1", "r2"]
+
+
+def test_a_workflow_merge_job_reads_no_yaml_and_no_schema(run, tmp_path):
+    """--settings (checked and filled by Snakemake): the job neither parses YAML nor imports a
+    schema validator (the limits are taken as given), so it starts fast."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from vmpower import settings as settings_mod
+
+    cfg = settings_mod.load(CONFIG)
+    flat = {**dataclasses.asdict(merge_cli.merge_settings(ns(config=str(CONFIG)))), "limits": cfg["limits"]}
+    code = (
+        "import sys\nfrom vmpower import cli\n"
+        f"code = cli.main(['merge', '--vm-features', {str(run[0])!r}, '--bm-power', {str(run[1])!r}, "
+        f"'--output', {str(tmp_path / 'm.parquet')!r}, '--settings', {json.dumps(flat)!r}])\n"
+        "print(code, sorted(m for m in ('yaml', 'jsonschema') if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.split("\n")[-2] == "0 []", res.stdout + res.stderr

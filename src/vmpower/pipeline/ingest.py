@@ -111,7 +111,7 @@ def _read_json_file(path: Path, limits=None) -> tuple[pa.Table, dict]:
         raise InputError(path, "empty file")
     limits = limits or limits_mod.defaults()
     if size >= jsonarray.MIN_BYTES:
-        table = jsonarray.read_file(path, size, limits, _json_array_bounds)  # two halves at once
+        table = jsonarray.read_file(path, size, limits, _json_array_bounds)  # pieces at once
         if table is not None:
             return table, {}
     # Depth and width first: deep nesting crashes the parser, a huge width makes it crawl.

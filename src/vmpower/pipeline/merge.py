@@ -112,7 +112,7 @@ def _read_pair(vm_path, host_path, s: MergeSettings):
     times, time base)."""
     from vmpower import limits as limits_mod
 
-    bounds = limits_mod.from_section(s.limits)
+    bounds = limits_mod.from_section(s.limits, validated=True)  # MergeSettings come from a checked config
     vm_raw, host_raw = _read_both(vm_path, host_path, bounds)
     vm_path, host_path = vm_raw.path, host_raw.path
 
