@@ -113,3 +113,14 @@ def test_a_limit_broken_after_the_prefix_is_still_one_line(tmp_path, monkeypatch
     wide = [{"a": i} for i in range(200)] + [{f"c{i}": 1 for i in range(10_001)}] + [{"a": 1}] * 200
     with pytest.raises(InputError, match="max_columns"):
         ingest.read_vm_features(write_array(tmp_path / "wide.json", wide))
+
+
+def test_the_original_collectors_indented_arrays_are_read_in_pieces(tmp_path, small_prefix):
+    """json.dump(indent=2), as the original collectors write (a key per line, samples at two
+    spaces): cut between samples like a sample-per-line file, the same table as one parse."""
+    recs = [{"timestamp": i * 0.5, "timestamp_iso": f"2025-09-10T10:02:{i % 60:02d}.5", "cpu_cycles": i * 1000,
+             "cpu_utilization": (i % 9) * 1.5, "stress_workload": "cpu"} for i in range(300)]
+    path = tmp_path / "vm_features_training.json"
+    path.write_text(json.dumps(recs, indent=2))
+    got, want = halves(path), whole(path)
+    assert got is not None and got.schema == want.schema and got.equals(want) and got.num_rows == 300

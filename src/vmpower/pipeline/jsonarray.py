@@ -1,7 +1,8 @@
 """A large JSON array file read in pieces at once (ingest's VM and host JSON files).
 
 pyarrow parses a JSON array on one core (the array is one value). A collector writes one
-sample per line, so the file is cut at sample boundaries (``},\\n{``): a prefix of about
+sample per line (the original collectors: ``json.dump(indent=2)``), so the file is cut between
+samples (``},\\n{`` or ``},\\n  {``): a prefix of about
 PREFIX_BYTES, the rest of the first half, and the second half. The whole file's nesting depth
 is checked by jsonguard (deep nesting crashes the parser); the prefix is checked for distinct
 keys too and parsed, and its columns and types are the explicit schema of the other two
@@ -30,7 +31,8 @@ from vmpower import jsonguard
 
 MIN_BYTES = 32 << 20  # smaller files are parsed whole: two threads would not pay off
 PREFIX_BYTES = 1 << 20  # the first samples, whose columns and types the rest must have
-_BOUNDARY = b"},\n{"
+# Between two samples: vmpower's collectors write one per line, the original ones json.dump(indent=2).
+_BOUNDARIES = (b"},\n{", b"},\n  {")
 _PREFIX = b'{"rows":'
 _ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
@@ -51,16 +53,18 @@ def read(path: Path, start: int, end: int, limits) -> pa.Table | None:
     """The array ``[...]`` at bytes start..end of ``path`` as a table of its samples, or None."""
     with open(path, "rb") as fh:
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            cut = _boundary(mm, start, end)
-            if cut is None or not _checked(mm, cut, limits, keys=False):
+            mid = (start + end) // 2
+            split = _boundary(mm, mid, end) or _boundary(mm, start, mid, forward=False)
+            if split is None or not _checked(mm, split[1], limits, keys=False):
                 return None
-            at = mm.find(_BOUNDARY, min(start + PREFIX_BYTES, cut), cut)
-            stop = cut if at < 0 else at + 3  # the prefix: samples up to a boundary past PREFIX_BYTES
+            (head_end, cut) = split
+            # The prefix: the samples up to a boundary past PREFIX_BYTES (else the first half).
+            prefix_end, stop = _boundary(mm, min(start + PREFIX_BYTES, cut), cut) or split
             if not _checked(mm, stop, limits, stop=stop):
                 return None
-        pieces = [_wrapped(fh, start, stop - 2, b"", b"]}"), _wrapped(fh, cut, end, b"[", b"}")]
+        pieces = [_wrapped(fh, start, prefix_end, b"", b"]}"), _wrapped(fh, cut, end, b"[", b"}")]
         if stop < cut:
-            pieces.insert(1, _wrapped(fh, stop, cut - 2, b"[", b"]}"))
+            pieces.insert(1, _wrapped(fh, stop, head_end, b"[", b"]}"))
         first = _parse(pieces[0])
         if first is None:
             return None
@@ -73,13 +77,15 @@ def read(path: Path, start: int, end: int, limits) -> pa.Table | None:
     return None if rest is None else _join([first, *rest])
 
 
-def _boundary(mm, start: int, end: int) -> int | None:
-    """Offset of the '{' of the sample after a ``},\\n{`` boundary near the middle, or None."""
-    mid = (start + end) // 2
-    at = mm.find(_BOUNDARY, mid, end)
-    if at < 0:
-        at = mm.rfind(_BOUNDARY, start, mid)
-    return None if at < 0 else at + 3
+def _boundary(mm, lo: int, hi: int, forward: bool = True) -> tuple[int, int] | None:
+    """(end of the sample before, offset of the next sample's '{') of the first boundary between
+    two samples within lo..hi (the last one when not ``forward``), or None."""
+    found = [(mm.find(p, lo, hi) if forward else mm.rfind(p, lo, hi), p) for p in _BOUNDARIES]
+    found = [(at, p) for at, p in found if at >= 0]
+    if not found:
+        return None
+    at, pattern = (min if forward else max)(found)
+    return at + 1, at + len(pattern) - 1
 
 
 def _checked(mm, cut: int, limits, keys: bool = True, stop: int | None = None) -> bool:
