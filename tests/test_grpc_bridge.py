@@ -1,6 +1,7 @@
 """vmpower serve --grpc: a real gRPC client over loopback TLS (self-signed certificate made here)
 against real exported models (built by the pipeline's own steps)."""
 
+import dataclasses
 import datetime
 import ipaddress
 import subprocess
@@ -15,10 +16,12 @@ import pandas as pd
 import pytest
 
 from bench import predict_artifacts
+from exporter_helpers import Serve, free_port
 from vmpower import cli
 from vmpower.errors import InputError
 from vmpower.pipeline import ingest
-from vmpower.serving import fallback, grpc_bridge, predict
+from vmpower.serving import fallback, grpc_bridge, predict, vmconfig
+from vmpower.serving.selection import ModelRequest
 from vmpower.serving.proto import power_estimation_pb2 as pb
 from vmpower.serving.proto import power_estimation_pb2_grpc as pbg
 
@@ -65,9 +68,10 @@ def bridge(art, tmp_path_factory):
     cert, key = _self_signed(tmp)
     token = tmp / "token"
     token.write_text(TOKEN + "\n")
-    base = SimpleNamespace(output_type="AbsPower", config=None, no_fallback=False, no_perf=False,
-                           confidence_threshold=predict.DEFAULT_CONFIDENCE_THRESHOLD, low_confidence="report")
     lr = art["models"][("AbsPower", "SystemOnly", "LinearRegression")]
+    served = fallback.ChainSpec(ModelRequest(lr, None, None, "AbsPower", None), config=None, fallback=True)
+    base = grpc_bridge.Options(served, threshold=predict.DEFAULT_CONFIDENCE_THRESHOLD, low_confidence="report",
+                               use_perf=True)
     chain = grpc_bridge.Chain(grpc_bridge.load_chain(str(lr), base), {})
     server, port = grpc_bridge.start("127.0.0.1:0", chain, base, cert_file=cert, key_file=key, token_file=token)
     creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
@@ -166,6 +170,44 @@ def test_bridge_refuses_to_start_without_tls_or_token(bridge, tmp_path):
     with pytest.raises(InputError, match="empty"):
         grpc_bridge.start("127.0.0.1:0", chain, bridge.base, cert_file=bridge.cert, key_file=bridge.key,
                           token_file=empty)
+
+
+def test_tls_files_come_from_the_flags_else_the_config_file():
+    given = {"python_server": {"tls_cert_file": "/etc/c.pem", "bearer_token_file": "/etc/token"}}
+    cfg = vmconfig.VMConfig("vm.yaml", given, given)
+    assert grpc_bridge.files(cfg, cert_file=None, key_file=None, token_file="t") == {
+        "cert_file": "/etc/c.pem", "key_file": None, "token_file": "t"}
+    assert grpc_bridge.files(vmconfig.VMConfig(None, {}, {}), cert_file="c", key_file="k", token_file=None) == {
+        "cert_file": "c", "key_file": "k", "token_file": None}
+
+
+def test_load_models_takes_the_output_type_it_omits_from_serve(art, bridge):
+    """LoadModels selects from a results directory like serve's --model: serve's output type
+    where the request gives none (the results hold AbsPower models only)."""
+    served = bridge.base.chain
+    dyn = dataclasses.replace(bridge.base, chain=dataclasses.replace(
+        served, request=dataclasses.replace(served.request, output_type="DynPower")))
+    kw = {"node_type": predict_artifacts.NODE_TYPE}
+    with pytest.raises(InputError, match="DynPower"):
+        grpc_bridge.load_chain(str(art["results"]), dyn, **kw)
+    chain = grpc_bridge.load_chain(str(art["results"]), dyn, output_type="AbsPower", **kw)
+    assert chain and {m.metadata["output_type"] for m in chain} == {"AbsPower"}
+
+
+def test_serve_grpc_takes_tls_files_from_flags_and_the_config_file(art, bridge, tmp_path):
+    """``vmpower serve --grpc``: the certificate from its flag, key and token from the VM config
+    file; a client with the token gets the served model's info."""
+    vm = tmp_path / "vm.yaml"
+    vm.write_text(f"vm_energy_modeling:\n  python_server: {{tls_key_file: {bridge.key}, "
+                  f"bearer_token_file: {bridge.token}}}\n")
+    port = free_port()
+    with Serve(bridge.lr, art["config"], "--grpc", f"127.0.0.1:{port}", "--grpc-tls-cert", bridge.cert,
+               "--config-file", vm) as srv:
+        srv.wait_for(lambda m: "kepler_vm_exporter_up" in m)
+        creds = grpc.ssl_channel_credentials(root_certificates=bridge.cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{port}", creds) as channel:
+            info = pbg.PowerEstimationServiceStub(channel).GetModelInfo(pb.Empty(), metadata=AUTH, timeout=10)
+    assert info.model_version == predict.Model.load(bridge.lr).version
 
 
 def test_generated_code_is_what_the_pinned_grpcio_tools_make(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import socket
 
 import pytest
@@ -37,9 +36,8 @@ def test_serve_disabled_on_a_busy_port_is_one_line_naming_the_address():
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        args = argparse.Namespace(address="127.0.0.1", port=port)
         with pytest.raises(InputError) as exc:
-            health.serve_disabled(args, limits.defaults())
+            health.serve_disabled("127.0.0.1", port, limits.defaults())
     assert exc.value.path == f"127.0.0.1:{port}"
     assert exc.value.problem.startswith("cannot listen")
     assert "\n" not in str(exc.value)

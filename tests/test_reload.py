@@ -19,6 +19,7 @@ from vmpower import cli
 from vmpower import limits as limits_mod
 from vmpower.pipeline.artifact import write_manifest
 from vmpower.serving import reload, signing, versions, vmconfig
+from vmpower.serving.fallback import ChainSpec
 from vmpower.serving.live import load_settings
 
 SYS_LR = ("AbsPower", "SystemOnly", "LinearRegression")
@@ -97,11 +98,16 @@ def narrow_ranges(art, store, name, records):
 def make_switch(art, store, *extra):
     args = cli.build_parser("serve").parse_args(["serve", "--model-versions", str(store), "--config",
                                                  str(art["config"]), "--no-perf", *extra])
-    cfg = vmconfig.apply(args, "serve")
-    models, make = reload.start(args, cfg, limits_mod.defaults(), use_perf=False)
+    cfg, resolved = vmconfig.apply(vars(args), "serve")
+    vars(args).update(resolved)
+    spec = ChainSpec.from_flags({**vars(args), "model": args.model_versions})
+    models, make, serving = reload.start(args.model_versions, spec, cfg, limits_mod.defaults(), use_perf=False)
     settings = [load_settings(args.config, m.metadata) for m in models]
-    return make(models, settings, "vm", threshold=args.confidence_threshold, low_confidence="report", idle=None,
-                max_fields=None)
+    sw = make(models, settings, "vm", threshold=args.confidence_threshold, low_confidence="report", idle=None,
+              max_fields=None)
+    # the spec of the version serving first: serve's options, that version's path
+    assert serving == spec.for_model(next(v.path for v in versions.scan(store) if v.name == sw.active))
+    return sw
 
 
 def counters(sw) -> dict:

@@ -93,25 +93,47 @@ def _serve_args(argv):
     return cli.build_parser("serve").parse_args(["serve", *argv])
 
 
+def _apply(args, command="serve"):
+    """apply on the flags' values, written back as cmd_serve does; the input mapping is left alone."""
+    flags = vars(args)
+    before = dict(flags)
+    cfg, resolved = vmconfig.apply(flags, command)
+    assert flags == before
+    flags.update(resolved)
+    return cfg
+
+
 def test_flags_override_the_file_and_the_file_overrides_flag_defaults(tmp_path):
     path = _write(tmp_path, "vm_energy_modeling:\n  model_path: /store\n  collection_interval: 250ms\n"
                             "  feature_config: {perf_counters_enabled: false}\n"
                             "  validation: {confidence_threshold: 0.4, fallback_method: disable}\n")
     args = _serve_args(["--config-file", str(path)])
-    vmconfig.apply(args, "serve")
+    _apply(args)
     assert (args.interval, args.confidence_threshold, args.low_confidence, args.no_perf, args.model_versions,
             args.model) == (0.25, 0.4, "drop", True, "/store", None)
     args = _serve_args(["--config-file", str(path), "--interval", "2", "--confidence-threshold", "0.9",
                         "--low-confidence", "report", "--model", "m.zip"])
-    vmconfig.apply(args, "serve")
+    _apply(args)
     assert (args.interval, args.confidence_threshold, args.low_confidence, args.model, args.model_versions) == (
         2.0, 0.9, "report", "m.zip", None)
     # without a file: the flags' own defaults, and a model is required
     args = _serve_args(["--config-file", str(_write(tmp_path, "vm_energy_modeling: {}\n")), "--model", "m"])
-    vmconfig.apply(args, "serve")
+    _apply(args)
     assert (args.interval, args.confidence_threshold, args.low_confidence, args.no_perf) == (1.0, 0.7, "report", False)
     with pytest.raises(InputError, match="--model: required"):
-        vmconfig.apply(_serve_args(["--config-file", str(_write(tmp_path, "vm_energy_modeling: {}\n"))]), "serve")
+        _apply(_serve_args(["--config-file", str(_write(tmp_path, "vm_energy_modeling: {}\n"))]))
+
+
+def test_apply_on_flags_without_the_config_options(tmp_path):
+    """Flags built without add_arguments (no _Unset markers) resolve nothing; --model and
+    --model-versions together are refused unless the versions are the file's model_path."""
+    path = _write(tmp_path, "vm_energy_modeling:\n  model_path: /store\n  collection_interval: 250ms\n")
+    cfg, resolved = vmconfig.apply({"config_file": str(path), "model": "m", "interval": 2.0}, "serve")
+    assert cfg.get("model_path") == "/store" and resolved == {"model_versions": None}
+    with pytest.raises(InputError, match="--model: give --model or --model-versions, not both"):
+        vmconfig.apply({"config_file": str(path), "model": "m", "model_versions": "/other"}, "serve")
+    assert vmconfig.apply({"config_file": str(path), "model": "m", "model_versions": "/store"}, "serve")[1] == {
+        "model_versions": None}
 
 
 def _cli(*argv, env=None):

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
                    help="generate only this node_type of synth.node_types (repeatable)")
     p.add_argument("--noise-table", action="store_true",
                    help="also print the noise-floor table of docs/demo-data.md (Markdown) for the data written")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_synth)
 
 
 def noise_floor_table(out: Path, node_types: list[str], zones: list[str]) -> str:
@@ -71,7 +71,7 @@ def select(cfg: dict, seed: int | None, node_types: list[str] | None, where: str
     return cfg
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_synth(args: argparse.Namespace) -> int:
     import time
 
     from vmpower.demo.config import load_config

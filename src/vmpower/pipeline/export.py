@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -259,11 +260,15 @@ def build_model(spec: dict, slot: Slot, settings: ExportSettings, recorded: dict
     return metadata, files
 
 
-def model_specs(args) -> list[dict]:
-    """One entry per model: --trainer, --model, --metrics, --holdout, --out-dir and --archive
-    are parallel lists (a job exports every trainer of one feature group)."""
-    keys = ("trainer", "model", "metrics", "holdout", "out_dir", "archive")
-    lists = {k: list(getattr(args, k)) for k in keys}
+SPEC_KEYS = ("trainer", "model", "metrics", "holdout", "out_dir", "archive")
+
+
+def model_specs(lists: Mapping[str, Sequence[str]]) -> list[dict]:
+    """One entry per model from the parallel lists of --trainer, --model, --metrics, --holdout,
+    --out-dir and --archive (``lists``: SPEC_KEYS -> values; a job exports every trainer of one
+    feature group)."""
+    keys = SPEC_KEYS
+    lists = {k: list(lists[k]) for k in keys}
     n = len(lists["trainer"])
     if len(set(lists["trainer"])) != n:
         raise InputError("--trainer", "names a trainer twice")
@@ -286,7 +291,7 @@ def export(specs: list[dict], slot: Slot, settings: ExportSettings, recorded: di
 def cmd_export(args) -> int:
     recorded = json.loads(args.settings)
     settings = ExportSettings.build(recorded, "--settings")
-    specs = model_specs(args)
+    specs = model_specs({k: getattr(args, k) for k in SPEC_KEYS})
     slot = Slot(args.node_type, args.output_type, args.feature_group)
     shared = shared_inputs(args.output_type, args.model[0], list(args.machine_spec or []),
                            list(args.isolation or []), args.dataset, args.lock)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vmpower.errors import InputError
@@ -60,6 +61,34 @@ def resolve_chain(request: ModelRequest, config: str | None = None, *, fallback:
     if len(models) > 1:
         log.log(level, "fallback order: %s", " > ".join(label(m) for m in models))
     return models
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """Which model chain to load: the model request, the --config whose ingest settings apply
+    (None: each model's own) and whether to fall back to the other feature groups."""
+
+    request: ModelRequest
+    config: str | None
+    fallback: bool
+
+    @classmethod
+    def from_flags(cls, flags: Mapping) -> ChainSpec:
+        """From predict/serve's flag values (``vars(args)``): --model and its selection options,
+        --config and --no-fallback."""
+        spec = flags.get("machine_spec")
+        request = ModelRequest(model=Path(flags["model"]), node_type=flags.get("node_type"),
+                               machine_spec=Path(spec) if spec else None, output_type=flags["output_type"],
+                               feature_group=flags.get("feature_group"))
+        return cls(request, flags.get("config"), not flags.get("no_fallback"))
+
+    def for_model(self, path: str | Path) -> ChainSpec:
+        """The same chain options for another --model path (a model version)."""
+        return replace(self, request=replace(self.request, model=Path(path)))
+
+    def load(self, **kw) -> list[Model]:
+        """``resolve_chain`` of this spec (``kw``: use_perf, level, limits)."""
+        return resolve_chain(self.request, self.config, fallback=self.fallback, **kw)
 
 
 def choose(ok, conf, threshold: float, low_confidence: str = "report"):

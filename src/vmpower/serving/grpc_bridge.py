@@ -18,11 +18,12 @@ import hmac
 import logging
 import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 from vmpower.errors import InputError
 from vmpower.serving import fallback
+from vmpower.serving.selection import ModelRequest
 
 log = logging.getLogger("vmpower.serving.grpc_bridge")
 
@@ -75,6 +76,17 @@ def estimate(models, features: dict[str, float], *, threshold: float, low_confid
             "missing_features": missing}
 
 
+@dataclass(frozen=True)
+class Options:
+    """serve's options the bridge answers with: its chain (LoadModels resolves a directory like
+    it, taking what the request omits from it), the confidence rule and whether perf is read."""
+
+    chain: fallback.ChainSpec
+    threshold: float
+    low_confidence: str
+    use_perf: bool
+
+
 class Chain:
     """The served model chain, swapped whole by LoadModels (readers never see half a chain)."""
 
@@ -92,14 +104,16 @@ class Chain:
             self._models, self.where = list(models), dict(where)
 
 
-def load_chain(model_directory: str, base, *, node_type: str = "", feature_group: str = "", output_type: str = "",
-               limits=None):
+def load_chain(model_directory: str, base: Options, *, node_type: str = "", feature_group: str = "",
+               output_type: str = "", limits=None):
     """The chain of an exported model or results directory, resolved like serve's --model (same
-    selection and fallback code); ``base``: serve's options for everything the request omits."""
-    args = SimpleNamespace(model=model_directory, node_type=node_type or None, machine_spec=None,
-                           output_type=output_type or base.output_type, feature_group=feature_group or None,
-                           config=base.config, no_fallback=base.no_fallback)
-    return fallback.resolve_chain(args, use_perf=not getattr(base, "no_perf", False), limits=limits)
+    selection and fallback code, serve's --config and --no-fallback); the output type the request
+    omits is serve's."""
+    request = ModelRequest(model=Path(model_directory), node_type=node_type or None, machine_spec=None,
+                           output_type=output_type or base.chain.request.output_type,
+                           feature_group=feature_group or None)
+    return fallback.resolve_chain(request, base.chain.config, fallback=base.chain.fallback, use_perf=base.use_perf,
+                                  limits=limits)
 
 
 # ---------------------------------------------------------------- gRPC
@@ -110,14 +124,14 @@ def _servicer_class():
     from vmpower.serving.proto import power_estimation_pb2_grpc as pbg
 
     class Servicer(pbg.PowerEstimationServiceServicer):
-        def __init__(self, chain: Chain, base, limits):
+        def __init__(self, chain: Chain, base: Options, limits):
             self.chain, self.base, self.limits = chain, base, limits
 
         def EstimatePower(self, request, context):
             import grpc
 
             try:
-                r = estimate(self.chain.models, dict(request.features), threshold=self.base.confidence_threshold,
+                r = estimate(self.chain.models, dict(request.features), threshold=self.base.threshold,
                              low_confidence=self.base.low_confidence)
             except InputError as exc:
                 context.abort(grpc.StatusCode.INTERNAL, str(exc))
@@ -183,7 +197,7 @@ def _read(path: str | Path, what: str) -> bytes:
     return data
 
 
-def start(address: str, chain: Chain, base, *, cert_file, key_file, token_file, limits=None,
+def start(address: str, chain: Chain, base: Options, *, cert_file, key_file, token_file, limits=None,
           workers: int = DEFAULT_WORKERS):
     """Start the TLS gRPC server on ``address`` (host:port; port 0 picks one). Returns
     (server, port); stop it with ``server.stop(grace)``."""
@@ -225,11 +239,21 @@ def add_arguments(parser) -> None:
                    help="file holding the bearer token clients send as 'authorization: Bearer <token>'")
 
 
-def start_from_args(args, models, limits=None):
-    """serve's hook: the bridge on args.grpc serving ``models`` (the exporter's chain), or None."""
-    if not getattr(args, "grpc", None):
-        return None
-    server, _port = start(args.grpc, Chain(models, {"node_type": args.node_type or ""}), args,
-                          cert_file=args.grpc_tls_cert, key_file=args.grpc_tls_key,
-                          token_file=args.grpc_token_file, limits=limits)
+# vm-energy-config python_server keys giving the bridge its TLS files and token (no flag given).
+FILE_KEYS = {"cert_file": "python_server.tls_cert_file", "key_file": "python_server.tls_key_file",
+             "token_file": "python_server.bearer_token_file"}
+
+
+def files(cfg, *, cert_file: str | None, key_file: str | None, token_file: str | None) -> dict:
+    """start's cert_file, key_file and token_file: the flags' (--grpc-tls-cert, --grpc-tls-key,
+    --grpc-token-file), else the config file's (``cfg``: vmpower.serving.vmconfig.VMConfig)."""
+    given = {"cert_file": cert_file, "key_file": key_file, "token_file": token_file}
+    return {k: cfg.given_value(FILE_KEYS[k]) if v is None else v for k, v in given.items()}
+
+
+def serve(address: str, models, base: Options, *, limits=None, **tls):
+    """serve's bridge on ``address`` (--grpc) serving ``models`` (the exporter's chain); ``tls``:
+    ``files``. Returns the server (it ends with the process)."""
+    chain = Chain(models, {"node_type": base.chain.request.node_type or ""})
+    server, _port = start(address, chain, base, limits=limits, **tls)
     return server

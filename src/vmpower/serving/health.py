@@ -20,7 +20,7 @@ def gauges(registry, enabled: bool) -> None:
     Gauge("kepler_vm_exporter_up", "1 while the exporter runs", registry=registry).set(1)
 
 
-def serve_disabled(args, limits) -> int:
+def serve_disabled(address: str, port: int, limits) -> int:
     """enabled: false: no model; /metrics has only kepler_vm_energy_enabled 0 and kepler_vm_exporter_up 1."""
     from prometheus_client import CollectorRegistry
 
@@ -30,11 +30,11 @@ def serve_disabled(args, limits) -> int:
     r = CollectorRegistry()
     gauges(r, enabled=False)
     try:
-        server, thread = metrics_http.start(r, args.address, args.port, limits)
+        server, thread = metrics_http.start(r, address, port, limits)
     except OSError as exc:
-        raise InputError(f"{args.address}:{args.port}", f"cannot listen ({exc.strerror or exc})") from None
+        raise InputError(f"{address}:{port}", f"cannot listen ({exc.strerror or exc})") from None
     log.warning("VM energy modelling is disabled (vm-energy-config enabled / KEPLER_VM_ENERGY_ENABLED): "
-                "serving health metrics only on http://%s:%d/metrics", args.address, args.port)
+                "serving health metrics only on http://%s:%d/metrics", address, port)
     done = threading.Event()
     with stop_on_signals(done.set):
         while not done.wait(1.0):

@@ -20,7 +20,7 @@ from vmpower.names import power_column
 from vmpower.serving.artifact import Model, read_artifact, verify_manifest  # noqa: F401 (the command module names them too)
 from vmpower.serving.fallback import DEFAULT_CONFIDENCE_THRESHOLD
 from vmpower.serving.live import for_model, frame_features, load_settings, model_matrix, perf_inputs
-from vmpower.serving.selection import DEFAULT_OUTPUT_TYPE, ModelRequest
+from vmpower.serving.selection import DEFAULT_OUTPUT_TYPE
 
 log = logging.getLogger("vmpower.serving.predict")
 
@@ -78,27 +78,16 @@ def write_output(out, line: str, target: Path | None) -> None:
 # ---------------------------------------------------------------- commands
 
 
-def _request(args) -> ModelRequest:
-    return ModelRequest(model=Path(args.model), node_type=args.node_type,
-                        machine_spec=Path(args.machine_spec) if args.machine_spec else None,
-                        output_type=args.output_type, feature_group=args.feature_group)
-
-
-def chain_from_args(args, **kw):
-    """The model chain a predict/serve command line asks for (serving.fallback.resolve_chain)."""
-    from vmpower.serving.fallback import resolve_chain
-
-    return resolve_chain(_request(args), args.config, fallback=not args.no_fallback, **kw)
-
-
 def cmd_predict(args) -> int:
     from vmpower import limits as limits_mod
     from vmpower.serving import vmconfig
-    from vmpower.serving.fallback import predict_chain, resolve_chain
+    from vmpower.serving.fallback import ChainSpec, predict_chain
 
-    vmconfig.apply(args, "predict")  # the VM's config file (flags win)
-    if args.model_versions:
-        vmconfig.pick_version(args)
+    _cfg, resolved = vmconfig.apply(vars(args), "predict")  # the VM's config file (flags win)
+    vars(args).update(resolved)
+    if args.model_versions:  # the chain options; each version's path replaces the store's
+        placeholder = ChainSpec.from_flags({**vars(args), "model": args.model_versions})
+        args.model = vmconfig.pick_version(args.model_versions, placeholder)
 
     target = Path(args.output) if args.output else None
     if target is not None and target.suffix not in (".csv", ".parquet"):
@@ -107,8 +96,7 @@ def cmd_predict(args) -> int:
         check_file(args.config)
     limits = limits_mod.load(args.config)
     # predict names its models in the output and summary: loading them is not news.
-    models = resolve_chain(_request(args), args.config, fallback=not args.no_fallback, level=logging.DEBUG,
-                           limits=limits)
+    models = ChainSpec.from_flags(vars(args)).load(level=logging.DEBUG, limits=limits)
     settings = [load_settings(args.config, m.metadata) for m in models]
     out, line = predict_chain(models, settings, args.input, threshold=args.confidence_threshold,
                               low_confidence=args.low_confidence, limits=limits)
@@ -116,17 +104,9 @@ def cmd_predict(args) -> int:
     return 0
 
 
-# python_server keys of the config file that give serve --grpc its TLS files and token.
-_GRPC_KEYS = (("grpc_tls_cert", "python_server.tls_cert_file"), ("grpc_tls_key", "python_server.tls_key_file"),
-              ("grpc_token_file", "python_server.bearer_token_file"))
-
-
-def _from_config(args, cfg) -> dict:
-    """The config file's gRPC files (where no flag gave them) and its cpu_pinning settings
-    (None: not set, so serve detects pinning from the guest's view)."""
-    for dest, key in _GRPC_KEYS:
-        if getattr(args, dest, None) is None:
-            setattr(args, dest, cfg.given_value(key))
+def _pinning(cfg) -> dict:
+    """The config file's cpu_pinning settings (None: not set, so serve detects pinning from the
+    guest's view)."""
     cpus = cfg.given_value("cpu_pinning.isolated_cpus")
     return {"enabled": cfg.given_value("cpu_pinning.enabled"), "isolated_cpus": None if cpus is None else list(cpus)}
 
@@ -138,22 +118,27 @@ def cmd_serve(args) -> int:
     from vmpower.collect.common import stop_on_signals
     from vmpower.serving import reload, vmconfig
     from vmpower.serving.exporter import ServeOptions, run_exporter
+    from vmpower.serving.fallback import ChainSpec
     from vmpower.serving.footprint import defer
 
     defer()  # pandas only when used: serve's live path does not (vmpower.serving.footprint)
-    cfg = vmconfig.apply(args, "serve")  # the VM's config file (flags win), KEPLER_VM_ENERGY_ENABLED
+    cfg, resolved = vmconfig.apply(vars(args), "serve")  # the VM's config file (flags win), KEPLER_VM_ENERGY_ENABLED
+    vars(args).update(resolved)
     if args.config:  # a bad config fails first, in one line
         check_file(args.config)
     limits = limits_mod.load(args.config)
     if not cfg.enabled:
         from vmpower.serving.health import serve_disabled
 
-        return serve_disabled(args, limits)
-    pinning = _from_config(args, cfg)
+        return serve_disabled(args.address, args.port, limits)
+    use_perf = not args.no_perf
     if args.model_versions:  # live model updates with rollback (serving/reload.py)
-        models, make_exporter = reload.start(args, cfg, limits, use_perf=not args.no_perf)
+        placeholder = ChainSpec.from_flags({**vars(args), "model": args.model_versions})
+        models, make_exporter, spec = reload.start(args.model_versions, placeholder, cfg, limits, use_perf=use_perf)
+        args.model = str(spec.request.model)  # the version serving first: its directory has the idle power
     else:
-        models, make_exporter = chain_from_args(args, use_perf=not args.no_perf, limits=limits), reload.static()
+        spec = ChainSpec.from_flags(vars(args))
+        models, make_exporter = spec.load(use_perf=use_perf, limits=limits), reload.static()
     settings = [load_settings(args.config, m.metadata) for m in models]
     if args.no_perf:
         for m, s in zip(models, settings):
@@ -162,13 +147,17 @@ def cmd_serve(args) -> int:
                 log.warning("%s needs perf counters (%s) and --no-perf is set: it will serve no zone", m.name,
                             ", ".join(need[:3]))
     options = ServeOptions(port=args.port, address=args.address, interval=args.interval,
-                           node_name=args.node_name or socket.gethostname(), use_perf=not args.no_perf,
+                           node_name=args.node_name or socket.gethostname(), use_perf=use_perf,
                            kepler_url=args.kepler_url, threshold=args.confidence_threshold,
                            low_confidence=args.low_confidence, idle_source=args.model,
-                           powercap_dir=args.powercap_dir, pinning=pinning)
-    from vmpower.serving import grpc_bridge
+                           powercap_dir=args.powercap_dir, pinning=_pinning(cfg))
+    if args.grpc:  # the same chain over TLS + token; ends with the process
+        from vmpower.serving import grpc_bridge
 
-    grpc_bridge.start_from_args(args, models, limits)  # --grpc: the same chain over TLS + token; ends with the process
+        tls = grpc_bridge.files(cfg, cert_file=args.grpc_tls_cert, key_file=args.grpc_tls_key,
+                                token_file=args.grpc_token_file)
+        bridge = grpc_bridge.Options(spec, args.confidence_threshold, args.low_confidence, use_perf)
+        grpc_bridge.serve(args.grpc, models, bridge, limits=limits, **tls)
     stoppers: list = []
     with stop_on_signals(lambda: [s() for s in stoppers]):
         run_exporter(models, settings, options, stop=stoppers, limits=limits, make_exporter=make_exporter)

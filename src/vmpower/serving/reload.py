@@ -19,7 +19,6 @@ switched away from, plus what the active version counted since it became active)
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
@@ -155,17 +154,15 @@ class Switch:
     def _load(self, v: vs.Version):
         """The version's Exporter after the checks; InputError naming the problem otherwise."""
         from vmpower.serving.energy import find_idle
-        from vmpower.serving.predict import chain_from_args
         from vmpower.serving.live import load_settings
 
-        args = argparse.Namespace(**{**vars(self.store.args), "model": str(v.path)})
-        models = self.store.filter(chain_from_args(args, use_perf=self.store.use_perf, level=logging.DEBUG,
-                                                 limits=self.store.limits), v.path)
+        models = self.store.filter(self.store.spec.for_model(v.path).load(
+            use_perf=self.store.use_perf, level=logging.DEBUG, limits=self.store.limits), v.path)
         for m in models:
             problem = probe_problem(m, m.zones)
             if problem:
                 raise InputError(v.path, problem)
-        settings = [load_settings(self.store.args.config, m.metadata) for m in models]
+        settings = [load_settings(self.store.spec.config, m.metadata) for m in models]
         kw = dict(self.kw, idle=find_idle(models, v.path)[0] or self.kw.get("idle"))
         exporter = self.exporter_cls(models, settings, self.node_name, **kw)
         if len(self.records) == 2:  # a dry tick on the last two live records: features available here
@@ -309,10 +306,12 @@ def _serving(samples, version: str | None) -> list:
 
 
 class Store:
-    """The versioned model store of one serve: where, how to load, and the policies."""
+    """The versioned model store of one serve: where (``root``), how to load (``spec``: serve's
+    chain options, a vmpower.serving.fallback.ChainSpec whose model is each version's path in
+    turn; after ``first``, the serving version's) and the policies (``cfg``: vm-energy-config)."""
 
-    def __init__(self, args, cfg, limits, use_perf: bool):
-        self.root, self.args, self.limits, self.use_perf = args.model_versions, args, limits, use_perf
+    def __init__(self, root, spec, cfg, limits, use_perf: bool):
+        self.root, self.spec, self.limits, self.use_perf = root, spec, limits, use_perf
         self.keep = int(cfg.get("validation.keep_versions"))
         self.rollback_after = int(cfg.get("validation.rollback_after_ticks"))
         self.collapse = float(cfg.get("validation.rollback_confidence"))
@@ -336,13 +335,11 @@ class Store:
     def first(self, probe_exporter_cls=None):
         """Startup: the newest version that loads and passes the probes (older ones in turn;
         each refused one is counted once serving starts). Returns (models, refused)."""
-        from vmpower.serving.predict import chain_from_args
-
         refused = []
         for v in reversed(vs.scan(self.root)):
-            args = argparse.Namespace(**{**vars(self.args), "model": str(v.path)})
+            spec = self.spec.for_model(v.path)
             try:
-                models = self.filter(chain_from_args(args, use_perf=self.use_perf, limits=self.limits), v.path)
+                models = self.filter(spec.load(use_perf=self.use_perf, limits=self.limits), v.path)
                 problem = next((p for m in models if (p := probe_problem(m, m.zones))), None)
                 if problem:
                     raise InputError(v.path, problem)
@@ -350,17 +347,18 @@ class Store:
                 log.error("model version %s refused (check): %s", v.name, exc.problem)
                 refused.append(v)
                 continue
-            self.active, self.args.model = v.name, str(v.path)
+            self.active, self.spec = v.name, spec
             vs.prune(self.root, self.keep, protect=[v.name])
             return models, refused
         raise InputError(self.root, "no model version passes the checks" if refused else "no model version")
 
 
-def start(args, cfg, limits, use_perf: bool):
-    """serve's store: (models of the version that serves first, make_exporter for run_exporter)."""
+def start(root, spec, cfg, limits, use_perf: bool):
+    """serve's store under ``root`` (see Store): (models of the version that serves first,
+    make_exporter for run_exporter, the chain spec of that version)."""
     from vmpower.serving.exporter import Exporter
 
-    store = Store(args, cfg, limits, use_perf)
+    store = Store(root, spec, cfg, limits, use_perf)
     models, refused = store.first()
 
     def make(models_, settings, node_name, **kw):
@@ -373,7 +371,7 @@ def start(args, cfg, limits, use_perf: bool):
             signal.signal(signal.SIGHUP, lambda *_: setattr(sw, "sighup", True))
         return sw
 
-    return models, make
+    return models, make, store.spec
 
 
 def static(**_):

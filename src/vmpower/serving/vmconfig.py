@@ -8,9 +8,9 @@ if it exists and gives the defaults otherwise (flags only); an explicitly named 
 an error.
 
 For the commands, ``add_arguments`` adds ``--config-file`` and ``--model-versions`` and marks
-the flags the file can set; ``apply`` fills the flags the user did not give from the file
-(flags override the file, the file overrides the flags' defaults) and configures the signature
-policy. Other code reads keys with ``cfg.get("python_server.url")`` or the typed sections
+the flags the file can set; ``apply`` resolves the flags the user did not give from the file
+(flags override the file, the file overrides the flags' defaults; the command writes them back
+into its arguments) and configures the signature policy. Other code reads keys with ``cfg.get("python_server.url")`` or the typed sections
 ``cfg.python_server`` / ``cfg.cpu_pinning`` (durations in seconds).
 """
 
@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from vmpower.errors import InputError
@@ -188,37 +189,40 @@ def add_arguments(parser, command: str) -> None:
             action.required = False  # --model, --model-versions or model_path: checked in apply
 
 
-def apply(args, command: str) -> VMConfig:
-    """Fill ``args`` from the config file where no flag was given; check --model; configure the
-    signature policy. Works on Namespaces built without ``add_arguments`` too (no-op there)."""
+def apply(flags: Mapping, command: str) -> tuple[VMConfig, dict]:
+    """(the config, the flag values it resolves) for the command's flag values (``vars(args)``):
+    a flag the user did not give (an ``_Unset`` default) takes the file's value, else its own
+    default; --model and --model-versions are checked (a --model flag overrides the file's
+    model_path: model_versions becomes None). Configures the signature policy. Flags built without
+    ``add_arguments`` are left as they are."""
     from vmpower.serving import signing
 
-    cfg = load(getattr(args, "config_file", None))
+    cfg = load(flags.get("config_file"))
+    values = {}
     for dest, (key, convert) in FLAGS[command].items():
-        value = getattr(args, dest, None)
+        value = flags.get(dest)
         if isinstance(value, _Unset):
             given = cfg.given_value(key)
-            setattr(args, dest, value.default if given is None else convert(given))
-    versions = getattr(args, "model_versions", None)
-    model_flag = getattr(args, "model", None)
+            values[dest] = value.default if given is None else convert(given)
+    versions = values.get("model_versions", flags.get("model_versions"))
+    model_flag = flags.get("model")
     if model_flag and versions and versions != cfg.given_value("model_path"):
         raise InputError("--model", "give --model or --model-versions, not both")
     if model_flag:
-        args.model_versions = None  # a flag overrides the file's model_path
+        values["model_versions"] = None  # a flag overrides the file's model_path
     elif not versions and (cfg.enabled or command == "predict"):
         raise InputError("--model", f"required (or --model-versions DIR, or {ROOT}.model_path in the config file)")
     signing.configure(cfg.get("validation.public_key_file"), warn=cfg.source is not None)
-    return cfg
+    return cfg, values
 
 
-def pick_version(args) -> None:
-    """predict --model-versions: ``args.model`` = the newest version whose chain loads."""
-    import argparse
-
+def pick_version(root: str | Path, spec) -> str:
+    """predict --model-versions: the path of the newest version under ``root`` whose chain loads
+    (``spec``: predict's chain options, a vmpower.serving.fallback.ChainSpec; its model is each
+    version's path in turn)."""
     from vmpower.serving import versions
-    from vmpower.serving.predict import chain_from_args
 
     def load(path):
-        chain_from_args(argparse.Namespace(**{**vars(args), "model": str(path)}), level=10)
+        spec.for_model(path).load(level=10)
 
-    args.model = str(versions.newest_loadable(args.model_versions, load).path)
+    return str(versions.newest_loadable(root, load).path)
