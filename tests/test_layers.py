@@ -116,12 +116,6 @@ def test_only_parser_builders_and_cmd_functions_see_argparse():
     assert not wrong, "\n".join(wrong)
 
 
-# Helpers that still build their settings from a Namespace (outside the serving/export change
-# that added this check); a new one fails the test.
-_ARGS_KNOWN = {"ops/gate.py:_input_paths", "pipeline/isolate.py:_settings", "pipeline/merge_cli.py:merge_settings",
-               "pipeline/merge_cli.py:_dataset_settings", "serving/validate.py:_sources"}
-
-
 def test_domain_functions_take_no_args_namespace():
     """A parameter named ``args`` (the commands' Namespace) only in parser builders and cmd_*."""
     found = set()
@@ -134,4 +128,4 @@ def test_domain_functions_take_no_args_namespace():
                 a = node.args
                 if "args" in [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]:
                     found.add(f"{rel.as_posix()}:{node.name}")
-    assert found <= _ARGS_KNOWN, "\n".join(sorted(found - _ARGS_KNOWN))
+    assert not found, "\n".join(sorted(found))

@@ -23,6 +23,12 @@ def ns(**over):
     return argparse.Namespace(**{"settings": None, "config": None, **FLAGS, **over})
 
 
+def ms(**over):
+    """merge_settings of a command line with these options (the rest not given)."""
+    a = vars(ns(**over))
+    return merge_cli.merge_settings(a.pop("settings"), a.pop("config"), a)
+
+
 @pytest.fixture
 def run(tmp_path):
     vm = write_vm(tmp_path / "vm_features_t.json", vm_records())
@@ -36,7 +42,7 @@ def main(capsys, *argv):
 
 
 def test_without_config_the_seed_overlay_is_used_over_the_bundled_config():
-    s = merge_cli.merge_settings(ns())
+    s = ms()
     assert (s.alignment, s.time_tolerance, s.min_power_threshold, s.power_zone, s.min_match_rate) == (
         "nearest", 0.5, 0.001, "core", 0.0)
     assert {k: getattr(s, k) for k in SEED} == SEED
@@ -46,9 +52,9 @@ def test_without_config_the_seed_overlay_is_used_over_the_bundled_config():
 
 def test_config_file_and_flags_override(tmp_path):
     cfg = yaml.safe_load(CONFIG.read_text())
-    s = merge_cli.merge_settings(ns(config=str(CONFIG)))
+    s = ms(config=str(CONFIG))
     assert s.alignment == cfg["merge"]["alignment"]
-    s = merge_cli.merge_settings(ns(config=str(CONFIG), alignment="window", time_tolerance=2.0, power_zone="dram"))
+    s = ms(config=str(CONFIG), alignment="window", time_tolerance=2.0, power_zone="dram")
     assert (s.alignment, s.time_tolerance, s.power_zone) == ("window", 2.0, "dram")
     assert s.min_power_threshold == cfg["merge"]["min_power_threshold"]  # an unset flag changes nothing
 
@@ -56,9 +62,9 @@ def test_config_file_and_flags_override(tmp_path):
 def test_settings_json_is_used_as_given():
     import dataclasses
 
-    base = merge_cli.merge_settings(ns(config=str(CONFIG)))
+    base = ms(config=str(CONFIG))
     flat = {**dataclasses.asdict(base), "time_tolerance": 0.25}
-    s = merge_cli.merge_settings(ns(settings=json.dumps(flat), config="ignored.yaml"))
+    s = ms(settings=json.dumps(flat), config="ignored.yaml")
     assert s == dataclasses.replace(base, time_tolerance=0.25)
 
 
@@ -137,7 +143,7 @@ def test_a_workflow_merge_job_reads_no_yaml_and_no_schema(run, tmp_path):
     from vmpower import settings as settings_mod
 
     cfg = settings_mod.load(CONFIG)
-    flat = {**dataclasses.asdict(merge_cli.merge_settings(ns(config=str(CONFIG)))), "limits": cfg["limits"]}
+    flat = {**dataclasses.asdict(ms(config=str(CONFIG))), "limits": cfg["limits"]}
     code = (
         "import sys\nfrom vmpower import cli\n"
         f"code = cli.main(['merge', '--vm-features', {str(run[0])!r}, '--bm-power', {str(run[1])!r}, "

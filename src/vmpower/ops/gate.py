@@ -58,9 +58,9 @@ def load_inputs(paths) -> dict:
     return inputs
 
 
-def _input_paths(args) -> list[str]:
-    if args.inputs is not None:
-        return list(args.inputs)
+def _input_paths(inputs: list[str] | None) -> list[str]:
+    if inputs is not None:
+        return list(inputs)
     return sorted(glob.glob(DEFAULT_INPUTS_GLOB))
 
 
@@ -332,7 +332,7 @@ def cmd_accept(args) -> int:
     models = best_models(args.summary)
     if not models:
         raise InputError(args.summary, "no trained best models to accept")
-    inputs = load_inputs(_input_paths(args))
+    inputs = load_inputs(_input_paths(args.inputs))
     output = args.output or _config_baseline(args.config)
     old = load_baseline(output, missing_ok=True)
     result = compare(old["models"], models, load_tolerance(args.config))
@@ -347,7 +347,7 @@ def cmd_accept(args) -> int:
 def cmd_changelog(args) -> int:
     baseline_path = args.baseline or _config_baseline(args.config)
     baseline = load_baseline(baseline_path, missing_ok=True)
-    text = changelog(baseline, best_models(args.summary), load_inputs(_input_paths(args)),
+    text = changelog(baseline, best_models(args.summary), load_inputs(_input_paths(args.inputs)),
                      load_tolerance(args.config), baseline_path)
     if args.output:
         write_text(text, args.output)

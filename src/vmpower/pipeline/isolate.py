@@ -82,18 +82,19 @@ def isolate(df: pd.DataFrame, node_type: str, s: IsolateSettings) -> tuple[pd.Da
     }
 
 
-def _settings(args) -> IsolateSettings:
-    if args.settings:
-        return IsolateSettings.build(json.loads(args.settings), "--settings")
+def _settings(settings_json: str | None, config: str | None) -> IsolateSettings:
+    """--settings (the workflow's JSON) or the isolate section of --config (the bundled config.yaml)."""
+    if settings_json:
+        return IsolateSettings.build(json.loads(settings_json), "--settings")
     from vmpower import settings
     from vmpower.paths import CONFIG
 
-    path = args.config or CONFIG
+    path = config or CONFIG
     return IsolateSettings.build(settings.load(path)["isolate"], str(path))
 
 
 def cmd_isolate(args) -> int:
-    s = _settings(args)
+    s = _settings(args.settings, args.config)
     df = pd.read_parquet(args.dataset)
     if df.empty:
         raise InputError(args.dataset, "dataset has no rows")

@@ -36,27 +36,31 @@ def _bundled_seed_config() -> dict:
     return {**cfg, "merge": {**cfg["merge"], **overlay["merge"]}}
 
 
-def merge_settings(args):
-    """merge.MergeSettings of a `vmpower merge` command line (flags override the settings)."""
+# The settings `vmpower merge` also takes as flags (a flag wins).
+MERGE_FLAGS = ("time_tolerance", "min_power_threshold", "power_zone", "alignment")
+
+
+def merge_settings(settings_json: str | None, config: str | None, flags: dict):
+    """merge.MergeSettings of a `vmpower merge` command line: --settings, else --config, else the
+    bundled config with the seed overlay; the MERGE_FLAGS given (not None) override them."""
     import dataclasses
 
     from vmpower.pipeline.merge import MergeSettings
 
-    if args.settings:
-        s = MergeSettings.build(json.loads(args.settings), "--settings")
-    elif args.config:
-        s = MergeSettings.from_config(_config(args.config), args.config)
+    if settings_json:
+        s = MergeSettings.build(json.loads(settings_json), "--settings")
+    elif config:
+        s = MergeSettings.from_config(_config(config), config)
     else:
         s = MergeSettings.from_config(_bundled_seed_config(), str(SEED_OVERLAY))
-    flags = {f: getattr(args, f) for f in ("time_tolerance", "min_power_threshold", "power_zone", "alignment")}
-    return dataclasses.replace(s, **{k: v for k, v in flags.items() if v is not None})
+    return dataclasses.replace(s, **{k: flags[k] for k in MERGE_FLAGS if flags.get(k) is not None})
 
 
 def cmd_merge(args) -> int:
     from vmpower.io import write_json, write_parquet
     from vmpower.pipeline.merge import merge_run
 
-    s = merge_settings(args)
+    s = merge_settings(args.settings, args.config, {k: getattr(args, k) for k in MERGE_FLAGS})
     data, quality = merge_run(args.vm_features, args.bm_power, s)
     out = Path(args.output)
     if out.suffix == ".csv":
@@ -77,14 +81,14 @@ def cmd_merge(args) -> int:
     return 0
 
 
-def _dataset_settings(args) -> tuple[dict, str]:
+def _dataset_settings(settings_json: str | None, config: str | None) -> tuple[dict, str]:
     """The merge-dataset keys (zones and the features section's), flat, and where they came from."""
-    if args.settings:
-        return json.loads(args.settings), "--settings"
+    if settings_json:
+        return json.loads(settings_json), "--settings"
     from vmpower.paths import CONFIG
     from vmpower.pipeline import engineer
 
-    path = args.config or CONFIG
+    path = config or CONFIG
     cfg = _config(path)
     return {"zones": cfg["zones"], **engineer.settings_from(cfg)}, str(path)
 
@@ -97,7 +101,7 @@ def cmd_dataset(args) -> int:
     from vmpower.pipeline import counters, engineer
     from vmpower.pipeline.merge import stack_runs
 
-    settings, source = _dataset_settings(args)
+    settings, source = _dataset_settings(args.settings, args.config)
     if "zones" not in settings:
         raise InputError(source, "missing setting zones")
     frames = {Path(p).name.removesuffix(".parquet"): pd.read_parquet(p) for p in args.inputs}

@@ -11,6 +11,7 @@ validate_align.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -71,35 +72,48 @@ def text_report(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def _sources(args, cfg):
+@dataclasses.dataclass(frozen=True)
+class Sources:
+    """Where validate's two series come from (its command line): a URL is scraped for
+    ``duration`` s every ``interval`` s (None: the validate section's), a file is read."""
+
+    exporter: str
+    host: str
+    vm_name: list[str]
+    vm_pattern: list[str]
+    duration: float | None
+    interval: float | None
+    save_exporter: str | None
+    save_host: str | None
+
+
+def _sources(src: Sources, cfg):
     from vmpower import limits
     from vmpower.collect.kepler import VmFilter
     from vmpower.serving import validate_sources as vs
 
     lim = limits.defaults()
-    live = {k: v for k, v in (("exporter", args.exporter), ("host", args.host)) if vs.is_url(v)}
-    if live and not (args.vm_name or args.vm_pattern) and "host" in live:
+    live = {k: v for k, v in (("exporter", src.exporter), ("host", src.host)) if vs.is_url(v)}
+    if live and not (src.vm_name or src.vm_pattern) and "host" in live:
         log.info("no --vm-name: summing every running VM Kepler reports")
     got = {}
     if live:
-        scraper = vs.Scraper(live.get("exporter"), live.get("host"), VmFilter.of(args.vm_name, args.vm_pattern),
+        scraper = vs.Scraper(live.get("exporter"), live.get("host"), VmFilter.of(src.vm_name, src.vm_pattern),
                              cfg.exporter_series, lim.max_http_response_bytes)
-        window = args.duration or cfg.window_seconds
-        interval = args.interval or cfg.scrape_interval_seconds
+        window = src.duration or cfg.window_seconds
+        interval = src.interval or cfg.scrape_interval_seconds
         log.info("scraping %s for %g s every %g s", ", ".join(live.values()), window, interval)
         got = scraper.run(window, interval)
-    exporter = got.get("exporter") or vs.exporter_file(args.exporter)
-    host = got.get("host") or vs.host_file(args.host, lim)
-    if args.save_exporter:
-        vs.save(exporter, args.save_exporter, "power_")
-    if args.save_host:
-        vs.save(host, args.save_host, "total_cpu_watts_")
+    exporter = got.get("exporter") or vs.exporter_file(src.exporter)
+    host = got.get("host") or vs.host_file(src.host, lim)
+    if src.save_exporter:
+        vs.save(exporter, src.save_exporter, "power_")
+    if src.save_host:
+        vs.save(host, src.save_host, "total_cpu_watts_")
     return exporter, host
 
 
 def cmd_validate(args) -> int:
-    import dataclasses
-
     from vmpower import settings
     from vmpower.io import write_json
     from vmpower.paths import CONFIG
@@ -110,7 +124,7 @@ def cmd_validate(args) -> int:
     overrides = {k: v for k, v in (("bin_seconds", args.bin_seconds), ("max_clock_skew_seconds", args.max_clock_skew),
                                    ("exporter_series", args.exporter_series)) if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
-    exporter, host = _sources(args, cfg)
+    exporter, host = _sources(Sources(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Sources)}), cfg)
     rep = compare(exporter, host, cfg)
     if args.json:
         write_json(rep, args.json)
