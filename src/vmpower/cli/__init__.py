@@ -80,15 +80,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from vmpower import lifeline
-
-    lifeline.arm()  # inside a build: this step dies with it (no-op otherwise)
+def command_of(argv: list[str] | None) -> str | None:
+    """The subcommand a command line names (None: none), without importing any stage."""
     pre = argparse.ArgumentParser(add_help=False)
     _global_options(pre)
     pre.add_argument("command", nargs="?")
     known, _ = pre.parse_known_args(argv)
-    parser = build_parser(known.command)
+    return known.command
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vmpower import lifeline
+
+    lifeline.arm()  # inside a build: this step dies with it (no-op otherwise)
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
