@@ -23,7 +23,7 @@ from vmpower.errors import InputError
 
 # Threads of the interval maths: a merge job has two cores (rules/merge.smk), fewer when the
 # process may use fewer (a SLURM job's CPU set).
-THREADS = min(2, len(os.sched_getaffinity(0)))
+THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def align_window(t_vm, dt_vm, t_host, power):
