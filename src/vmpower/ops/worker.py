@@ -101,6 +101,9 @@ def forward(argv: list[str]) -> int | None:
     while chunk := sock.recv(4096):
         reply += chunk
     sock.close()
+    # The build may have ended while the step ran, and the step's answer (killed by the same
+    # watch) arrived before this process's own watch fired: die with the build all the same.
+    lifeline.check()
     if not reply:
         print(f"vmpower: error: {path}: the worker ended before the step did", file=sys.stderr)
         return 1
