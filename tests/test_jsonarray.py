@@ -1,4 +1,4 @@
-"""jsonarray.py: a large JSON array read in two halves gives the table one parse gives."""
+"""jsonarray.py: a large JSON array read in pieces gives the table one parse gives."""
 
 import json
 
