@@ -13,17 +13,13 @@ numpy arrays; settings are typed values (merge.MergeSettings), never a config ma
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from vmpower.errors import InputError
-
-# Threads of the interval maths: a merge job has two cores (rules/merge.smk), fewer when the
-# process may use fewer (a SLURM job's CPU set).
-THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+from vmpower.pipeline.parallel import THREADS, threaded
 
 
 def align_window(t_vm, dt_vm, t_host, power):
@@ -83,19 +79,8 @@ def interval_means(a: np.ndarray, b: np.ndarray, values: np.ndarray, lo: np.ndar
     def block(cols):
         return _Sums(a, b, values[:, cols], ok).means(lo, hi)
 
-    parts = _threaded(block, np.array_split(np.arange(values.shape[1]), threads))
+    parts = threaded(block, np.array_split(np.arange(values.shape[1]), threads))
     return np.hstack([m for m, _ in parts]), parts[0][1]
-
-
-def _threaded(fn, items: list) -> list:
-    """[fn(item) for item in items], the items after the first on threads (numpy releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if len(items) < 2:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(len(items) - 1, thread_name_prefix="align") as pool:
-        later = [pool.submit(fn, item) for item in items[1:]]
-        return [fn(items[0]), *[f.result() for f in later]]
 
 
 class _Sums:
@@ -225,7 +210,7 @@ def _rank_offsets(a, b, x, lo, hi, label, usable, offsets, threads: int) -> np.n
 
     blocks = [np.arange(t, len(offsets), threads) for t in range(max(1, threads))]
     rank_r = np.full(len(offsets), np.nan)
-    for ks, values in zip(blocks, _threaded(rank, blocks)):
+    for ks, values in zip(blocks, threaded(rank, blocks)):
         rank_r[ks] = values
     return rank_r
 

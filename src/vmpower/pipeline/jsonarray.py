@@ -20,7 +20,6 @@ types differ in a way one parse would not unify.
 from __future__ import annotations
 
 import mmap
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.json as pajson
 
 from vmpower import jsonguard
+from vmpower.pipeline.parallel import threaded
 
 MIN_BYTES = 32 << 20  # smaller files are parsed whole: two threads would not pay off
 PREFIX_BYTES = 1 << 20  # the first samples, whose columns and types the rest must have
@@ -122,10 +122,7 @@ def _wrapped(fh, lo: int, hi: int, opening: bytes, suffix: bytes) -> bytearray:
 def _parse_all(pieces: list[bytearray], row_type: pa.DataType | None) -> list[pa.Table] | None:
     """The pieces parsed, the last on a second thread (with ``row_type`` as the explicit
     schema of a sample, any other key or type an error); None when any fails."""
-    with ThreadPoolExecutor(1, thread_name_prefix="json-piece") as pool:
-        later = pool.submit(_parse, pieces[-1], row_type)
-        tables = [_parse(p, row_type) for p in pieces[:-1]]
-        tables.append(later.result())
+    tables = threaded(lambda piece: _parse(piece, row_type), pieces)
     return None if any(t is None for t in tables) else tables
 
 
